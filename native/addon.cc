@@ -1,0 +1,119 @@
+#include "addon.h"
+
+#include <cmath>
+
+#include "probe.h"
+#include "receiver.h"
+
+namespace tcpzc {
+namespace {
+
+constexpr double kDefaultMaxPinnedBytes = 64.0 * 1024 * 1024;
+constexpr double kMaxPinnedBytesLimit = 64.0 * 1024 * 1024 * 1024;
+
+// Electron and other V8-sandbox builds refuse Buffers over foreign memory; ask once.
+bool ProbeExternalBuffers(Napi::Env env) {
+  static char probe_byte = 0;
+  napi_value buffer;
+  napi_status status =
+      napi_create_external_buffer(env, 1, &probe_byte, nullptr, nullptr, &buffer);
+  return status == napi_ok;
+}
+
+}  // namespace
+
+Addon::Addon(Napi::Env env, Napi::Object exports)
+    : pool_(std::make_shared<MappingPool>(static_cast<size_t>(kDefaultMaxPinnedBytes))),
+      external_buffers_allowed_(ProbeExternalBuffers(env)) {
+  DefineAddon(exports, {
+                           InstanceMethod<&Addon::Probe>("probe"),
+                           InstanceMethod<&Addon::ReleaseChunk>("releaseChunk"),
+                           InstanceMethod<&Addon::DetachBuffer>("detachBuffer"),
+                           InstanceMethod<&Addon::PoolStats>("poolStats"),
+                           InstanceMethod<&Addon::Configure>("configure"),
+                           InstanceValue("Receiver", Receiver::Init(env), napi_enumerable),
+                       });
+}
+
+Napi::Value Addon::Probe(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const KernelFeatures& kernel = ProbeKernel();
+  Napi::Object result = Napi::Object::New(env);
+  result.Set("kernelSupported", kernel.supported);
+  result.Set("reason", kernel.reason.empty() ? env.Null() : Napi::String::New(env, kernel.reason));
+  result.Set("kernel", kernel.kernel);
+  result.Set("structSize", kernel.struct_size);
+  result.Set("inqAndErr", kernel.inq_and_err);
+  result.Set("copybuf", kernel.copybuf);
+  result.Set("tlbCleanHint", kernel.tlb_clean_hint);
+  result.Set("rxTimestamps", kernel.rx_timestamps);
+  result.Set("externalBuffers", external_buffers_allowed_);
+  return result;
+}
+
+// releaseChunk(buffer): drops the pages under a mapped chunk's Buffer and detaches it so
+// JS sees length 0 (reading unmapped pages would raise SIGBUS). Returns whether the
+// Buffer was a live mapped chunk; anything else is left alone.
+Napi::Value Addon::ReleaseChunk(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsBuffer()) {
+    throw Napi::TypeError::New(env, "releaseChunk(buffer): buffer must be a Buffer");
+  }
+  Napi::Buffer<uint8_t> buffer = info[0].As<Napi::Buffer<uint8_t>>();
+  MappedChunk* chunk = pool_->Find(buffer.Data(), buffer.Length());
+  if (chunk == nullptr || buffer.ByteOffset() != 0) return Napi::Boolean::New(env, false);
+  // Detach first: from here on no JS view can reach the pages.
+  buffer.ArrayBuffer().Detach();
+  pool_->Release(chunk);
+  return Napi::Boolean::New(env, true);
+}
+
+// detachBuffer(buffer): empties a copied chunk's Buffer, so a released chunk reads as
+// length 0 whichever way it arrived. Only whole, unshared ArrayBuffers are detached.
+Napi::Value Addon::DetachBuffer(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsBuffer()) {
+    throw Napi::TypeError::New(env, "detachBuffer(buffer): buffer must be a Buffer");
+  }
+  Napi::Buffer<uint8_t> buffer = info[0].As<Napi::Buffer<uint8_t>>();
+  Napi::ArrayBuffer array_buffer = buffer.ArrayBuffer();
+  if (buffer.ByteOffset() != 0 || array_buffer.ByteLength() != buffer.Length()) {
+    return Napi::Boolean::New(env, false);
+  }
+  array_buffer.Detach();
+  return Napi::Boolean::New(env, true);
+}
+
+Napi::Value Addon::PoolStats(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Object stats = Napi::Object::New(env);
+  stats.Set("pinnedBytes", static_cast<double>(pool_->pinned_bytes()));
+  stats.Set("maxPinnedBytes", static_cast<double>(pool_->max_pinned_bytes()));
+  stats.Set("mappings", static_cast<double>(pool_->mapping_count()));
+  stats.Set("mappedAddressSpace", static_cast<double>(pool_->mapped_bytes()));
+  stats.Set("liveChunks", static_cast<double>(pool_->live_chunks()));
+  return stats;
+}
+
+// configure({ maxPinnedBytes }): the cap applies to future receives; chunks already out
+// stay valid.
+Napi::Value Addon::Configure(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsObject()) {
+    throw Napi::TypeError::New(env, "configure(options): options must be an object");
+  }
+  Napi::Value value = info[0].As<Napi::Object>().Get("maxPinnedBytes");
+  if (!value.IsUndefined()) {
+    double bytes = value.IsNumber() ? value.As<Napi::Number>().DoubleValue() : NAN;
+    if (!(bytes >= 0 && bytes <= kMaxPinnedBytesLimit) || std::floor(bytes) != bytes) {
+      throw Napi::RangeError::New(env, "maxPinnedBytes must be an integer from 0 to 64 GiB");
+    }
+    pool_->set_max_pinned_bytes(static_cast<size_t>(bytes));
+  }
+  return env.Undefined();
+}
+
+}  // namespace tcpzc
+
+using TcpZeroCopyAddon = tcpzc::Addon;
+NODE_API_ADDON(TcpZeroCopyAddon)

@@ -1,0 +1,32 @@
+#pragma once
+
+#include <napi.h>
+
+#include <memory>
+
+#include "pool.h"
+
+namespace tcpzc {
+
+// Per-environment state (main thread and each worker get their own).
+class Addon : public Napi::Addon<Addon> {
+ public:
+  Addon(Napi::Env env, Napi::Object exports);
+
+  const std::shared_ptr<MappingPool>& pool() const { return pool_; }
+  bool external_buffers_allowed() const { return external_buffers_allowed_; }
+
+ private:
+  Napi::Value Probe(const Napi::CallbackInfo& info);
+  Napi::Value ReleaseChunk(const Napi::CallbackInfo& info);
+  Napi::Value DetachBuffer(const Napi::CallbackInfo& info);
+  Napi::Value PoolStats(const Napi::CallbackInfo& info);
+  Napi::Value Configure(const Napi::CallbackInfo& info);
+
+  // Shared with every mapped chunk, so the mappings outlive receivers and this object
+  // until the last Buffer over them is released or collected.
+  std::shared_ptr<MappingPool> pool_;
+  bool external_buffers_allowed_;
+};
+
+}  // namespace tcpzc

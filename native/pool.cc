@@ -1,0 +1,162 @@
+#include "pool.h"
+
+#include <netinet/in.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+
+#include "kernel.h"
+
+namespace tcpzc {
+namespace {
+
+// Virtual address space is cheap; pages are only pinned once the kernel maps them.
+constexpr size_t kArenaSize = 64u << 20;
+// 2 MiB alignment keeps a chunk's page-table entries together (as the kernel selftest does).
+constexpr size_t kArenaAlign = 2u << 20;
+
+size_t PageFloor(size_t bytes) { return bytes & ~(kPageSize - 1); }
+
+}  // namespace
+
+MappingPool::MappingPool(size_t max_pinned_bytes) : max_pinned_bytes_(max_pinned_bytes) {}
+
+MappingPool::~MappingPool() {
+  for (Arena& arena : arenas_) munmap(arena.base, arena.size);
+}
+
+int MappingPool::AddArena() {
+  // Any TCP socket can make the mapping, and the mapping outlives the socket.
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, IPPROTO_TCP);
+  if (fd < 0) fd = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, IPPROTO_TCP);
+  if (fd < 0) return errno;
+  size_t span = kArenaSize + kArenaAlign;
+  void* raw = mmap(nullptr, span, PROT_READ, MAP_SHARED, fd, 0);
+  int err = errno;
+  close(fd);
+  if (raw == MAP_FAILED) return err;
+  uintptr_t start = reinterpret_cast<uintptr_t>(raw);
+  uintptr_t aligned = (start + kArenaAlign - 1) & ~(kArenaAlign - 1);
+  // Trim to an aligned arena; the mapping is empty, so unmapping parts of it is free.
+  if (aligned > start) munmap(raw, aligned - start);
+  size_t tail = span - (aligned - start) - kArenaSize;
+  if (tail > 0) munmap(reinterpret_cast<void*>(aligned + kArenaSize), tail);
+  Arena arena{reinterpret_cast<uint8_t*>(aligned), kArenaSize, {}};
+  arena.free_runs.emplace(0, kArenaSize);
+  arenas_.push_back(std::move(arena));
+  return 0;
+}
+
+int MappingPool::Reserve(size_t want, Slot* slot) {
+  *slot = Slot{};
+  size_t headroom = max_pinned_bytes_ > pinned_bytes_ ? max_pinned_bytes_ - pinned_bytes_ : 0;
+  want = PageFloor(std::min({want, headroom, kArenaSize}));
+  if (want == 0) return 0;
+
+  // First fit for the whole request; otherwise a new arena while the address space stays
+  // within twice the cap; otherwise the largest run there is.
+  Arena* best_arena = nullptr;
+  std::map<size_t, size_t>::iterator best_run;
+  for (Arena& arena : arenas_) {
+    for (auto run = arena.free_runs.begin(); run != arena.free_runs.end(); ++run) {
+      if (run->second >= want) {
+        best_arena = &arena;
+        best_run = run;
+        break;
+      }
+      if (best_arena == nullptr || run->second > best_run->second) {
+        best_arena = &arena;
+        best_run = run;
+      }
+    }
+    if (best_arena != nullptr && best_run->second >= want) break;
+  }
+  bool fits = best_arena != nullptr && best_run->second >= want;
+  if (!fits && arenas_.size() * kArenaSize < 2 * max_pinned_bytes_ + kArenaSize) {
+    int err = AddArena();
+    if (err != 0) return err;
+    best_arena = &arenas_.back();
+    best_run = best_arena->free_runs.begin();
+  }
+  if (best_arena == nullptr) return 0;
+
+  size_t offset = best_run->first;
+  size_t length = std::min(want, best_run->second);
+  size_t rest = best_run->second - length;
+  best_arena->free_runs.erase(best_run);
+  if (rest > 0) best_arena->free_runs.emplace(offset + length, rest);
+  slot->address = best_arena->base + offset;
+  slot->length = length;
+  return 0;
+}
+
+MappedChunk* MappingPool::Commit(const Slot& slot, size_t mapped) {
+  mapped = std::min(PageFloor(mapped), slot.length);
+  if (slot.length > mapped) FreeRange(slot.address + mapped, slot.length - mapped);
+  if (mapped == 0) return nullptr;
+  pinned_bytes_ += mapped;
+  auto* chunk = new MappedChunk{shared_from_this(), slot.address, mapped};
+  live_.emplace(reinterpret_cast<uintptr_t>(slot.address), chunk);
+  return chunk;
+}
+
+void MappingPool::Release(MappedChunk* chunk) {
+  if (chunk->released) return;
+  chunk->released = true;
+  // Drop the pages before the range can be handed out again: the next receive into it
+  // must find it empty (TLB_CLEAN_HINT), and nothing may read the old payload.
+  madvise(chunk->address, chunk->length, MADV_DONTNEED);
+  live_.erase(reinterpret_cast<uintptr_t>(chunk->address));
+  pinned_bytes_ -= chunk->length;
+  FreeRange(chunk->address, chunk->length);
+  if (!waiters_.empty()) {
+    std::vector<PoolWaiter*> waiters;
+    waiters.swap(waiters_);
+    for (PoolWaiter* waiter : waiters) waiter->OnPoolSpace();
+  }
+}
+
+void MappingPool::Wait(PoolWaiter* waiter) {
+  if (std::find(waiters_.begin(), waiters_.end(), waiter) == waiters_.end()) {
+    waiters_.push_back(waiter);
+  }
+}
+
+void MappingPool::CancelWait(PoolWaiter* waiter) {
+  waiters_.erase(std::remove(waiters_.begin(), waiters_.end(), waiter), waiters_.end());
+}
+
+MappedChunk* MappingPool::Find(const uint8_t* address, size_t length) const {
+  auto it = live_.find(reinterpret_cast<uintptr_t>(address));
+  if (it == live_.end() || it->second->length != length) return nullptr;
+  return it->second;
+}
+
+size_t MappingPool::mapped_bytes() const { return arenas_.size() * kArenaSize; }
+
+void MappingPool::FreeRange(uint8_t* address, size_t length) {
+  for (Arena& arena : arenas_) {
+    if (address < arena.base || address >= arena.base + arena.size) continue;
+    size_t offset = static_cast<size_t>(address - arena.base);
+    auto next = arena.free_runs.lower_bound(offset);
+    // Coalesce with the neighbours so large slots stay available.
+    if (next != arena.free_runs.end() && offset + length == next->first) {
+      length += next->second;
+      next = arena.free_runs.erase(next);
+    }
+    if (next != arena.free_runs.begin()) {
+      auto prev = std::prev(next);
+      if (prev->first + prev->second == offset) {
+        prev->second += length;
+        return;
+      }
+    }
+    arena.free_runs.emplace(offset, length);
+    return;
+  }
+}
+
+}  // namespace tcpzc

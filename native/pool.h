@@ -1,0 +1,93 @@
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <unordered_map>
+#include <vector>
+
+namespace tcpzc {
+
+class MappingPool;
+
+// Told when released pages make room in a full pool (backpressure mode).
+class PoolWaiter {
+ public:
+  virtual void OnPoolSpace() = 0;
+
+ protected:
+  ~PoolWaiter() = default;
+};
+
+// One mapped chunk handed to JS. Owned by its Buffer's finalizer hint; keeps the pool
+// (and so its mappings) alive for as long as the Buffer may still be read.
+struct MappedChunk {
+  std::shared_ptr<MappingPool> pool;
+  uint8_t* address;
+  size_t length;
+  bool released = false;
+};
+
+// Address space for zero-copy receive, shared by every receiver of one environment.
+// Any TCP mapping serves any TCP socket, so a few large mappings made from a throwaway
+// socket replace one mapping per connection. The pool hands out page ranges that hold
+// no pages (so the kernel may skip its zap: TLB_CLEAN_HINT) and bounds the bytes mapped
+// and not yet released, which the kernel itself no longer accounts for.
+class MappingPool : public std::enable_shared_from_this<MappingPool> {
+ public:
+  struct Slot {
+    uint8_t* address = nullptr;
+    size_t length = 0;
+  };
+
+  explicit MappingPool(size_t max_pinned_bytes);
+  ~MappingPool();
+  MappingPool(const MappingPool&) = delete;
+  MappingPool& operator=(const MappingPool&) = delete;
+
+  // Reserves an empty range of at most `want` bytes (rounded down to pages), within the
+  // cap. Returns 0 with slot->length == 0 when the cap leaves less than a page, or an
+  // errno if a new mapping could not be made.
+  int Reserve(size_t want, Slot* slot);
+  // The kernel filled the first `mapped` bytes of a reserved slot: track them as a live
+  // chunk (when mapped > 0) and give the rest of the slot back.
+  MappedChunk* Commit(const Slot& slot, size_t mapped);
+  // Drops the pages of a live chunk and frees its range. Safe to call twice.
+  void Release(MappedChunk* chunk);
+  // The live chunk whose Buffer starts at `address`, or null.
+  MappedChunk* Find(const uint8_t* address, size_t length) const;
+
+  // Registers a waiter to be told once, on the next release. Idempotent.
+  void Wait(PoolWaiter* waiter);
+  void CancelWait(PoolWaiter* waiter);
+
+  // Scratch space for TCP_ZEROCOPY_RECEIVE's copybuf; used synchronously on the JS thread.
+  uint8_t* copybuf() { return copybuf_; }
+
+  size_t pinned_bytes() const { return pinned_bytes_; }
+  size_t max_pinned_bytes() const { return max_pinned_bytes_; }
+  void set_max_pinned_bytes(size_t bytes) { max_pinned_bytes_ = bytes; }
+  size_t mapping_count() const { return arenas_.size(); }
+  size_t mapped_bytes() const;
+  size_t live_chunks() const { return live_.size(); }
+
+ private:
+  struct Arena {
+    uint8_t* base;
+    size_t size;
+    std::map<size_t, size_t> free_runs;  // offset -> length, coalesced
+  };
+
+  int AddArena();
+  void FreeRange(uint8_t* address, size_t length);
+
+  size_t max_pinned_bytes_;
+  size_t pinned_bytes_ = 0;
+  std::vector<Arena> arenas_;
+  std::unordered_map<uintptr_t, MappedChunk*> live_;
+  std::vector<PoolWaiter*> waiters_;
+  alignas(64) uint8_t copybuf_[4096];
+};
+
+}  // namespace tcpzc

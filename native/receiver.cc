@@ -1,0 +1,548 @@
+#include "receiver.h"
+
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <climits>
+#include <cstring>
+
+#include "addon.h"
+#include "errors.h"
+#include "kernel.h"
+#include "probe.h"
+
+namespace tcpzc {
+
+// libuv handles outlive the Receiver when it is collected mid-close, so they live apart
+// and free themselves once both are closed.
+struct UvHandles {
+  uv_poll_t poll;
+  uv_timer_t timer;
+  int fd = -1;
+  int open_handles = 2;
+  bool closing = false;
+  Receiver* owner = nullptr;
+  napi_async_cleanup_hook_handle cleanup_hook = nullptr;
+};
+
+void CloseHandles(UvHandles* handles);
+
+namespace {
+
+constexpr size_t kMinChunkSize = kPageSize;
+constexpr size_t kMaxChunkSize = 64u << 20;
+// When this many wake-ups in a row map nothing, the stream is not mappable (plain sender,
+// NIC without header split): copy for a while instead of asking the kernel each time.
+constexpr unsigned kZeroMapStreakLimit = 8;
+constexpr unsigned kCopyOnlyCycles = 256;
+
+void OnHandleClosed(uv_handle_t* handle) {
+  auto* handles = static_cast<UvHandles*>(handle->data);
+  if (--handles->open_handles > 0) return;
+  close(handles->fd);
+  if (handles->cleanup_hook != nullptr) napi_remove_async_cleanup_hook(handles->cleanup_hook);
+  delete handles;
+}
+
+// Environment teardown (process exit, worker termination): close on the env's own loop.
+void OnEnvCleanup(napi_async_cleanup_hook_handle, void* arg) {
+  CloseHandles(static_cast<UvHandles*>(arg));
+}
+
+// Reads up to `length` bytes without blocking: bytes read, 0 at end of stream, or -errno
+// (-EAGAIN when nothing is queued).
+ssize_t RecvSome(int fd, uint8_t* data, size_t length) {
+  for (;;) {
+    ssize_t n = recv(fd, data, length, MSG_DONTWAIT);
+    if (n >= 0) return n;
+    if (errno != EINTR) return -errno;
+  }
+}
+
+size_t QueuedBytes(int fd) {
+  int queued = 0;
+  if (ioctl(fd, FIONREAD, &queued) != 0 || queued < 0) return 0;
+  return static_cast<size_t>(queued);
+}
+
+double ToDouble(size_t value) { return static_cast<double>(value); }
+
+}  // namespace
+
+void CloseHandles(UvHandles* handles) {
+  if (handles->closing) return;
+  handles->closing = true;
+  if (handles->owner != nullptr) {
+    handles->owner->handles_ = nullptr;
+    handles->owner = nullptr;
+  }
+  uv_close(reinterpret_cast<uv_handle_t*>(&handles->poll), OnHandleClosed);
+  uv_close(reinterpret_cast<uv_handle_t*>(&handles->timer), OnHandleClosed);
+}
+
+struct ReceiverCallbacks {
+  static void OnPoll(uv_poll_t* handle, int status, int /*events*/) {
+    auto* handles = static_cast<UvHandles*>(handle->data);
+    if (handles->owner != nullptr) handles->owner->OnReadable(status);
+  }
+  static void OnTimer(uv_timer_t* handle) {
+    auto* handles = static_cast<UvHandles*>(handle->data);
+    if (handles->owner != nullptr) handles->owner->OnFlushTimer();
+  }
+};
+
+Napi::Function Receiver::Init(Napi::Env env) {
+  return DefineClass(env, "Receiver",
+                     {
+                         InstanceMethod<&Receiver::Start>("start"),
+                         InstanceMethod<&Receiver::Stop>("stop"),
+                         InstanceMethod<&Receiver::Close>("close"),
+                         InstanceMethod<&Receiver::GetStats>("stats"),
+                     });
+}
+
+// new Receiver(fd, { chunkSize, mode, poolFull, flushDelayMs }, onEvent)
+Receiver::Receiver(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Receiver>(info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 3 || !info[0].IsNumber() || !info[1].IsObject() || !info[2].IsFunction()) {
+    throw Napi::TypeError::New(env, "Receiver(fd, options, onEvent): bad arguments");
+  }
+  double fd_number = info[0].As<Napi::Number>().DoubleValue();
+  if (!(fd_number >= 0 && fd_number <= INT_MAX) || fd_number != static_cast<int>(fd_number)) {
+    throw Napi::RangeError::New(env, "fd must be a non-negative integer");
+  }
+  int fd = static_cast<int>(fd_number);
+  Napi::Object options = info[1].As<Napi::Object>();
+  auto number_option = [&](const char* name, double min, double max) {
+    Napi::Value value = options.Get(name);
+    double number = value.IsNumber() ? value.As<Napi::Number>().DoubleValue() : -1;
+    if (!(number >= min && number <= max) || number != static_cast<double>(static_cast<int64_t>(number))) {
+      throw Napi::RangeError::New(env, std::string(name) + " is out of range");
+    }
+    return number;
+  };
+  chunk_size_ = static_cast<size_t>(number_option("chunkSize", kMinChunkSize, kMaxChunkSize));
+  map_size_ = chunk_size_ & ~(kPageSize - 1);
+  mode_ = static_cast<Mode>(number_option("mode", 0, 2));
+  pool_full_policy_ = static_cast<PoolFull>(number_option("poolFull", 0, 1));
+  flush_delay_ms_ = static_cast<uint64_t>(number_option("flushDelayMs", 0, 3600000));
+
+  // The fd must be a connected TCP stream socket: checked here so that a wrong fd gives
+  // a clear error, not a stream of EINVAL/ENOTSOCK later.
+  struct stat st;
+  if (fstat(fd, &st) != 0) throw ErrnoError(env, errno, "fstat");
+  if (!S_ISSOCK(st.st_mode)) throw ErrnoError(env, ENOTSOCK, "attach");
+  int type = 0;
+  int protocol = 0;
+  socklen_t len = sizeof(type);
+  if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) != 0) throw ErrnoError(env, errno, "getsockopt");
+  len = sizeof(protocol);
+  if (getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &protocol, &len) != 0) throw ErrnoError(env, errno, "getsockopt");
+  if (type != SOCK_STREAM || protocol != IPPROTO_TCP) throw ErrnoError(env, EPROTOTYPE, "attach");
+  struct sockaddr_storage peer;
+  socklen_t peer_len = sizeof(peer);
+  if (getpeername(fd, reinterpret_cast<sockaddr*>(&peer), &peer_len) != 0) {
+    throw ErrnoError(env, errno, "getpeername");
+  }
+
+  Addon* addon = env.GetInstanceData<Addon>();
+  const KernelFeatures& features = ProbeKernel();
+  external_buffers_ = addon->external_buffers_allowed();
+  zerocopy_ = mode_ != Mode::kCopy && features.supported && external_buffers_;
+  if (mode_ != Mode::kCopy && !zerocopy_) {
+    fallback_reason_ = !features.supported ? features.reason : "external buffers refused by the runtime";
+    if (mode_ == Mode::kZerocopy) throw Napi::Error::New(env, "zero-copy receive unavailable: " + fallback_reason_);
+  }
+  pool_ = addon->pool();
+
+  // Our own descriptor: libuv allows one watcher per fd per loop, and Node's TCP handle
+  // watches the original whenever a write has to wait.
+  int dup_fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (dup_fd < 0) throw ErrnoError(env, errno, "dup");
+
+  auto* handles = new UvHandles;
+  handles->fd = dup_fd;
+  handles->owner = this;
+  uv_loop_t* loop = nullptr;
+  if (napi_get_uv_event_loop(env, &loop) != napi_ok || loop == nullptr) {
+    close(dup_fd);
+    delete handles;
+    throw Napi::Error::New(env, "no libuv loop for this environment");
+  }
+  int rc = uv_poll_init_socket(loop, &handles->poll, dup_fd);
+  if (rc != 0) {
+    close(dup_fd);
+    delete handles;
+    throw ErrnoError(env, -rc, "uv_poll_init");
+  }
+  uv_timer_init(loop, &handles->timer);
+  uv_unref(reinterpret_cast<uv_handle_t*>(&handles->timer));
+  handles->poll.data = handles;
+  handles->timer.data = handles;
+  handles_ = handles;
+  napi_add_async_cleanup_hook(env, OnEnvCleanup, handles, &handles->cleanup_hook);
+
+  on_event_ = Napi::Persistent(info[2].As<Napi::Function>());
+  async_context_ = std::make_unique<Napi::AsyncContext>(env, "TcpZeroCopyReceiver");
+  // Batch wake-ups to a chunk while data flows; the flush timer lowers it when it stalls.
+  SetLowWater(flush_delay_ms_ > 0 ? static_cast<int>(chunk_size_) : 1);
+}
+
+Receiver::~Receiver() {
+  // The wrapper is being collected (or the environment torn down): its reference is gone.
+  polling_ = false;
+  Shutdown();
+}
+
+void Receiver::Shutdown() {
+  ended_ = true;
+  wants_data_ = false;
+  if (waiting_for_pool_) {
+    pool_->CancelWait(this);
+    waiting_for_pool_ = false;
+  }
+  if (polling_) {
+    polling_ = false;
+    Unref();
+  }
+  if (handles_ != nullptr) CloseHandles(handles_);
+}
+
+Napi::Value Receiver::Start(const Napi::CallbackInfo& info) {
+  wants_data_ = true;
+  if (!ended_ && !waiting_for_pool_) {
+    int rc = StartPolling();
+    if (rc != 0) throw ErrnoError(info.Env(), -rc, "uv_poll_start");
+  }
+  return info.Env().Undefined();
+}
+
+Napi::Value Receiver::Stop(const Napi::CallbackInfo& info) {
+  wants_data_ = false;
+  StopPolling();
+  return info.Env().Undefined();
+}
+
+Napi::Value Receiver::Close(const Napi::CallbackInfo& info) {
+  Shutdown();
+  return info.Env().Undefined();
+}
+
+int Receiver::StartPolling() {
+  if (polling_ || handles_ == nullptr) return 0;
+  int rc = uv_poll_start(&handles_->poll, UV_READABLE, ReceiverCallbacks::OnPoll);
+  if (rc != 0) return rc;
+  polling_ = true;
+  Ref();  // a receiver waiting for data must not be collected
+  ArmFlushTimer();
+  return 0;
+}
+
+void Receiver::StopPolling() {
+  if (!polling_) return;
+  polling_ = false;
+  if (handles_ != nullptr) {
+    uv_poll_stop(&handles_->poll);
+    uv_timer_stop(&handles_->timer);
+  }
+  Unref();
+}
+
+void Receiver::OnPoolSpace() {
+  waiting_for_pool_ = false;
+  // Only fails for a closed handle, which ended_ already excludes.
+  if (wants_data_ && !ended_) StartPolling();
+}
+
+void Receiver::SetLowWater(int bytes) {
+  if (handles_ == nullptr) return;
+  // The kernel caps the value at half the receive buffer; failures only cost batching.
+  setsockopt(handles_->fd, SOL_SOCKET, SO_RCVLOWAT, &bytes, sizeof(bytes));
+  low_water_is_one_ = bytes == 1;
+}
+
+void Receiver::ArmFlushTimer() {
+  if (handles_ == nullptr || flush_delay_ms_ == 0 || low_water_is_one_) return;
+  uv_timer_start(&handles_->timer, ReceiverCallbacks::OnTimer, flush_delay_ms_, 0);
+}
+
+// No chunk's worth arrived in time: wake up for any byte until data flows again.
+void Receiver::OnFlushTimer() { SetLowWater(1); }
+
+void Receiver::OnReadable(int status) {
+  Napi::Env env = Env();
+  Napi::HandleScope scope(env);
+  Batch batch;
+  stats_.wakeups++;
+  if (status < 0) {
+    batch.error = -status;
+    batch.syscall = "poll";
+  } else if (zerocopy_) {
+    ZerocopyCycle(&batch);
+  } else {
+    CopyCycle(&batch);
+  }
+  if (batch.eof && pending_error_ != 0) {
+    // A reset seen while data was still queued is reported once that data is delivered.
+    batch.eof = false;
+    batch.error = pending_error_;
+  }
+  if (batch.Empty()) return;
+
+  if (flush_delay_ms_ > 0) {
+    if (low_water_is_one_ && batch.bytes >= chunk_size_ / 2) {
+      SetLowWater(static_cast<int>(chunk_size_));
+    }
+    ArmFlushTimer();
+  }
+  Deliver(&batch);
+}
+
+void Receiver::Deliver(Batch* batch) {
+  Napi::Env env = Env();
+  bool final = batch->eof || batch->error != 0;
+  if (final) Shutdown();
+
+  Napi::Array chunks = Napi::Array::New(env, batch->count);
+  uint32_t mapped_mask = 0;
+  for (int i = 0; i < batch->count; i++) {
+    chunks.Set(static_cast<uint32_t>(i), Napi::Value(env, batch->chunks[i]));
+    if (batch->mapped[i]) mapped_mask |= 1u << i;
+  }
+  Napi::Value error = batch->error != 0 ? ErrnoError(env, batch->error, batch->syscall).Value()
+                                        : env.Null();
+  try {
+    on_event_.MakeCallback(Value(),
+                           {chunks, Napi::Number::New(env, mapped_mask), error,
+                            Napi::Boolean::New(env, batch->eof)},
+                           *async_context_);
+  } catch (const Napi::Error& e) {
+    // Nothing on the stack to catch it: report it as Node does for any callback.
+    napi_fatal_exception(env, e.Value());
+  }
+}
+
+void Receiver::AddMapped(Batch* batch, MappedChunk* chunk) {
+  Napi::Env env = Env();
+  napi_value buffer = nullptr;
+  napi_status status = napi_create_external_buffer(
+      env, chunk->length, chunk->address,
+      [](napi_env, void*, void* hint) {
+        // Collected without release(): give the pages back now.
+        auto* mapped = static_cast<MappedChunk*>(hint);
+        mapped->pool->Release(mapped);
+        delete mapped;
+      },
+      chunk, &buffer);
+  if (status == napi_ok) {
+    batch->chunks[batch->count] = buffer;
+    batch->mapped[batch->count] = true;
+    batch->count++;
+    batch->bytes += chunk->length;
+    stats_.bytes_mapped += ToDouble(chunk->length);
+    stats_.chunks_mapped++;
+    return;
+  }
+  // The runtime refuses external Buffers (V8 sandbox): copy, and stop mapping.
+  Napi::Buffer<uint8_t> copy = Napi::Buffer<uint8_t>::Copy(env, chunk->address, chunk->length);
+  size_t length = chunk->length;
+  pool_->Release(chunk);
+  delete chunk;
+  if (status == napi_no_external_buffers_allowed) {
+    external_buffers_ = false;
+    zerocopy_ = false;
+    fallback_reason_ = "external buffers refused by the runtime";
+  }
+  AddCopied(batch, copy, length);
+}
+
+void Receiver::AddCopied(Batch* batch, napi_value buffer, size_t length) {
+  batch->chunks[batch->count] = buffer;
+  batch->mapped[batch->count] = false;
+  batch->count++;
+  batch->bytes += length;
+  stats_.bytes_copied += ToDouble(length);
+  stats_.chunks_copied++;
+}
+
+void Receiver::SwitchToCopy(const char* syscall, int err) {
+  zerocopy_ = false;
+  fallback_reason_ = std::string(syscall) + " " + ErrnoName(err);
+}
+
+void Receiver::ZerocopyCycle(Batch* batch) {
+  if (copy_only_cycles_ > 0) {
+    copy_only_cycles_--;
+    CopyCycle(batch);
+    return;
+  }
+  const KernelFeatures& features = ProbeKernel();
+  MappingPool::Slot slot;
+  int err = pool_->Reserve(map_size_, &slot);
+  if (err != 0) {
+    if (mode_ == Mode::kZerocopy) {
+      batch->error = err;
+      batch->syscall = "mmap";
+      return;
+    }
+    SwitchToCopy("mmap", err);
+    CopyCycle(batch);
+    return;
+  }
+  if (slot.length == 0) {
+    // Every pinned byte the cap allows is still held by JS.
+    if (pool_full_policy_ == PoolFull::kWait) {
+      stats_.pool_waits++;
+      waiting_for_pool_ = true;
+      pool_->Wait(this);
+      StopPolling();
+      return;
+    }
+    double before = stats_.bytes_copied;
+    CopyCycle(batch);
+    stats_.bytes_copied_pool_full += stats_.bytes_copied - before;
+    return;
+  }
+
+  ZerocopyReceive zc;
+  std::memset(&zc, 0, sizeof(zc));
+  zc.address = reinterpret_cast<uintptr_t>(slot.address);
+  zc.length = static_cast<uint32_t>(slot.length);
+  if (features.copybuf) {
+    zc.flags = kTlbCleanHint;  // pool slots never hold pages
+    // The copybuf saves a recv() for short queues, but when the slot fills up before the
+    // queue ends the kernel also copies up to copybuf_len bytes of the *mappable* data
+    // that follows, and the stream no longer lines up with pages. So offer it only while
+    // woken for small amounts (low water 1), never while full chunks are flowing.
+    if (low_water_is_one_) {
+      zc.copybuf_address = reinterpret_cast<uintptr_t>(pool_->copybuf());
+      zc.copybuf_len = kCopybufSize;
+    }
+  }
+  socklen_t optlen = features.struct_size;
+  stats_.zerocopy_calls++;
+  int rc = getsockopt(handles_->fd, IPPROTO_TCP, kTcpZerocopyReceive, &zc, &optlen);
+  if (rc != 0) {
+    err = errno;
+    pool_->Commit(slot, 0);
+    if (err == EIO) {  // nothing queued and FIN received: end of stream
+      batch->eof = true;
+    } else if (mode_ == Mode::kZerocopy) {
+      batch->error = err;
+      batch->syscall = "getsockopt";
+    } else {
+      SwitchToCopy("getsockopt(TCP_ZEROCOPY_RECEIVE)", err);
+      CopyCycle(batch);
+    }
+    return;
+  }
+
+  // Trust nothing the kernel wrote beyond what we asked for.
+  size_t mapped = std::min<size_t>(zc.length, slot.length) & ~(kPageSize - 1);
+  MappedChunk* chunk = pool_->Commit(slot, mapped);
+  if (features.inq_and_err && zc.err < 0 && pending_error_ == 0) pending_error_ = -zc.err;
+  size_t copied = zc.copybuf_address != 0 && zc.copybuf_len > 0
+                      ? std::min<size_t>(static_cast<size_t>(zc.copybuf_len), kCopybufSize)
+                      : 0;
+  // Exactly the unmappable run, so the stream lines up with pages again after it.
+  size_t to_recv = std::min<size_t>(zc.recv_skip_hint, chunk_size_);
+  if (chunk != nullptr) AddMapped(batch, chunk);
+
+  if (mapped == 0) {
+    if (++zero_map_streak_ >= kZeroMapStreakLimit) {
+      zero_map_streak_ = 0;
+      copy_only_cycles_ = kCopyOnlyCycles;
+    }
+  } else {
+    zero_map_streak_ = 0;
+  }
+
+  if (mapped == 0 && copied == 0 && to_recv == 0) {
+    // Nothing mappable or skippable: the urgent mark (recv steps over it), a stream
+    // drained after a reset or FIN, or a spurious wake-up. recv() tells which.
+    CopyCycle(batch);
+    return;
+  }
+  // Bytes the kernel could not map come next: the copybuf leftovers, then the rest of
+  // the unmappable run (recv_skip_hint).
+  if (copied + to_recv > 0) ReadCopied(batch, copied, to_recv);
+}
+
+// One copied chunk: `prefix_len` bytes already in the pool's copybuf, then up to
+// `recv_len` bytes read from the socket.
+void Receiver::ReadCopied(Batch* batch, size_t prefix_len, size_t recv_len) {
+  Napi::Env env = Env();
+  size_t total = prefix_len + recv_len;
+  Napi::Buffer<uint8_t> buffer = Napi::Buffer<uint8_t>::New(env, total);
+  if (prefix_len > 0) std::memcpy(buffer.Data(), pool_->copybuf(), prefix_len);
+  size_t received = 0;
+  if (recv_len > 0) {
+    stats_.recv_calls++;
+    ssize_t n = RecvSome(handles_->fd, buffer.Data() + prefix_len, recv_len);
+    if (n > 0) {
+      received = static_cast<size_t>(n);
+    } else if (n == 0) {
+      batch->eof = true;
+    } else if (n != -EAGAIN && n != -EWOULDBLOCK) {
+      batch->error = static_cast<int>(-n);
+    }
+  }
+  size_t length = prefix_len + received;
+  if (length == 0) return;
+  if (length < total) {
+    // Short read (urgent mark, reset): keep only what arrived.
+    buffer = Napi::Buffer<uint8_t>::Copy(env, buffer.Data(), length);
+  }
+  AddCopied(batch, buffer, length);
+}
+
+void Receiver::CopyCycle(Batch* batch) {
+  size_t queued = QueuedBytes(handles_->fd);
+  if (queued == 0) {
+    // Readable with nothing queued: end of stream, an error, or a byte that arrived
+    // after the ioctl. Peek so no byte is taken out of order.
+    uint8_t byte;
+    stats_.recv_calls++;
+    ssize_t n;
+    do {
+      n = recv(handles_->fd, &byte, 1, MSG_DONTWAIT | MSG_PEEK);
+    } while (n < 0 && errno == EINTR);
+    if (n == 0) {
+      batch->eof = true;
+      return;
+    }
+    if (n < 0) {
+      if (errno != EAGAIN && errno != EWOULDBLOCK) batch->error = errno;
+      return;
+    }
+    queued = QueuedBytes(handles_->fd);
+    if (queued == 0) queued = 1;
+  }
+  ReadCopied(batch, 0, std::min(queued, chunk_size_));
+}
+
+Napi::Value Receiver::GetStats(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Object stats = Napi::Object::New(env);
+  stats.Set("bytesMapped", stats_.bytes_mapped);
+  stats.Set("bytesCopied", stats_.bytes_copied);
+  stats.Set("bytesCopiedPoolFull", stats_.bytes_copied_pool_full);
+  stats.Set("chunksMapped", stats_.chunks_mapped);
+  stats.Set("chunksCopied", stats_.chunks_copied);
+  stats.Set("wakeups", stats_.wakeups);
+  stats.Set("zerocopyCalls", stats_.zerocopy_calls);
+  stats.Set("recvCalls", stats_.recv_calls);
+  stats.Set("poolWaits", stats_.pool_waits);
+  stats.Set("zerocopy", zerocopy_);
+  stats.Set("fallbackReason",
+            fallback_reason_.empty() ? env.Null() : Napi::String::New(env, fallback_reason_));
+  return stats;
+}
+
+}  // namespace tcpzc

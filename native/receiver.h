@@ -1,0 +1,102 @@
+#pragma once
+
+#include <napi.h>
+#include <uv.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "pool.h"
+
+namespace tcpzc {
+
+struct UvHandles;
+
+// Receives from one TCP socket: waits for readability with libuv on the environment's own
+// loop (on a dup of the socket's fd), then maps what the kernel can map and copies the rest.
+// Each wake-up produces at most one mapped and one copied chunk, delivered in stream order
+// by one call of the JS callback: onEvent(chunks, mappedMask, error, eof).
+class Receiver : public Napi::ObjectWrap<Receiver>, private PoolWaiter {
+ public:
+  enum class Mode { kCopy = 0, kAuto = 1, kZerocopy = 2 };
+  enum class PoolFull { kCopy = 0, kWait = 1 };
+
+  static Napi::Function Init(Napi::Env env);
+  explicit Receiver(const Napi::CallbackInfo& info);
+  ~Receiver() override;
+
+ private:
+  friend void CloseHandles(UvHandles* handles);
+  friend struct ReceiverCallbacks;
+
+  // What one wake-up produced, in stream order.
+  struct Batch {
+    napi_value chunks[2];
+    bool mapped[2];
+    int count = 0;
+    int error = 0;  // errno to report after the chunks
+    const char* syscall = "read";
+    bool eof = false;
+    size_t bytes = 0;
+    bool Empty() const { return count == 0 && error == 0 && !eof; }
+  };
+
+  Napi::Value Start(const Napi::CallbackInfo& info);
+  Napi::Value Stop(const Napi::CallbackInfo& info);
+  Napi::Value Close(const Napi::CallbackInfo& info);
+  Napi::Value GetStats(const Napi::CallbackInfo& info);
+
+  void OnReadable(int status);
+  void OnFlushTimer();
+  void OnPoolSpace() override;
+  int StartPolling();
+  void StopPolling();
+  void Shutdown();
+  void ZerocopyCycle(Batch* batch);
+  void CopyCycle(Batch* batch);
+  void ReadCopied(Batch* batch, size_t prefix_len, size_t recv_len);
+  void AddMapped(Batch* batch, MappedChunk* chunk);
+  void AddCopied(Batch* batch, napi_value buffer, size_t length);
+  void SwitchToCopy(const char* syscall, int err);
+  void SetLowWater(int bytes);
+  void ArmFlushTimer();
+  void Deliver(Batch* batch);
+
+  Napi::FunctionReference on_event_;
+  std::unique_ptr<Napi::AsyncContext> async_context_;
+  std::shared_ptr<MappingPool> pool_;
+  UvHandles* handles_ = nullptr;  // null once closing
+
+  Mode mode_;
+  PoolFull pool_full_policy_;
+  bool zerocopy_;           // current path; 'auto' may turn it off for good
+  bool external_buffers_;   // false where the runtime refuses external Buffers
+  size_t chunk_size_;
+  size_t map_size_;         // chunk_size_ rounded down to pages
+  uint64_t flush_delay_ms_;
+  bool low_water_is_one_ = false;
+  bool wants_data_ = false;     // JS asked for data (start) and has not said stop
+  bool polling_ = false;
+  bool waiting_for_pool_ = false;
+  bool ended_ = false;
+  int pending_error_ = 0;   // socket error seen while data was still queued
+  unsigned zero_map_streak_ = 0;
+  unsigned copy_only_cycles_ = 0;
+
+  struct Stats {
+    double bytes_mapped = 0;
+    double bytes_copied = 0;
+    double bytes_copied_pool_full = 0;
+    double chunks_mapped = 0;
+    double chunks_copied = 0;
+    double wakeups = 0;
+    double zerocopy_calls = 0;
+    double recv_calls = 0;
+    double pool_waits = 0;
+  } stats_;
+  std::string fallback_reason_;
+};
+
+}  // namespace tcpzc

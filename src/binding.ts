@@ -1,0 +1,106 @@
+// Hand-written typings for the raw addon (native/addon.cc, native/receiver.cc) and the code
+// that loads it. Nothing here is public API.
+import * as path from 'node:path';
+
+/** What native/addon.cc probe() returns. */
+export interface NativeProbe {
+  kernelSupported: boolean;
+  reason: string | null;
+  kernel: string;
+  structSize: number;
+  inqAndErr: boolean;
+  copybuf: boolean;
+  tlbCleanHint: boolean;
+  rxTimestamps: boolean;
+  externalBuffers: boolean;
+}
+
+/** Per-receiver counters kept by native/receiver.cc. */
+export interface NativeReceiverStats {
+  bytesMapped: number;
+  bytesCopied: number;
+  bytesCopiedPoolFull: number;
+  chunksMapped: number;
+  chunksCopied: number;
+  wakeups: number;
+  zerocopyCalls: number;
+  recvCalls: number;
+  poolWaits: number;
+  zerocopy: boolean;
+  fallbackReason: string | null;
+}
+
+/** Counters of the environment's shared mapping pool. */
+export interface NativePoolStats {
+  pinnedBytes: number;
+  maxPinnedBytes: number;
+  mappings: number;
+  mappedAddressSpace: number;
+  liveChunks: number;
+}
+
+/** Native mode numbers (Receiver::Mode). */
+export const NativeMode = { copy: 0, auto: 1, zerocopy: 2 } as const;
+export type NativeMode = (typeof NativeMode)[keyof typeof NativeMode];
+
+/** Native pool-full policy numbers (Receiver::PoolFull). */
+export const NativePoolFull = { copy: 0, wait: 1 } as const;
+export type NativePoolFull = (typeof NativePoolFull)[keyof typeof NativePoolFull];
+
+/** Called once per wake-up: chunks in stream order, bit i of mappedMask = chunk i is mapped. */
+export type NativeEventHandler = (
+  chunks: Buffer[],
+  mappedMask: number,
+  error: (Error & { code?: string }) | null,
+  eof: boolean,
+) => void;
+
+export interface NativeReceiver {
+  start(): void;
+  stop(): void;
+  close(): void;
+  stats(): NativeReceiverStats;
+}
+
+export interface NativeBinding {
+  probe(): NativeProbe;
+  releaseChunk(buffer: Buffer): boolean;
+  detachBuffer(buffer: Buffer): boolean;
+  poolStats(): NativePoolStats;
+  configure(options: { maxPinnedBytes?: number }): void;
+  Receiver: new (
+    fd: number,
+    options: { chunkSize: number; mode: NativeMode; poolFull: NativePoolFull; flushDelayMs: number },
+    onEvent: NativeEventHandler,
+  ) => NativeReceiver;
+}
+
+/** The package root: compiled code runs from dist/, sources (under vitest) from src/. */
+export const packageRoot = path.resolve(__dirname, '..');
+
+function load(): { binding: NativeBinding | null; loadError: string | null } {
+  if (process.platform !== 'linux') {
+    return { binding: null, loadError: `zero-copy receive needs Linux (this is ${process.platform})` };
+  }
+  try {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const bindings = require('bindings') as (options: { bindings: string; module_root: string }) => unknown;
+    return {
+      binding: bindings({ bindings: 'tcp_zerocopy', module_root: packageRoot }) as NativeBinding,
+      loadError: null,
+    };
+  } catch (error) {
+    const message = error instanceof Error ? error.message.split('\n')[0] : String(error);
+    return {
+      binding: null,
+      loadError: `native addon did not load (${message}); run \`npm rebuild tcp-zerocopy\` with a C++ toolchain`,
+    };
+  }
+}
+
+const loaded = load();
+
+/** The addon, or null where it could not be loaded (then everything copies). */
+export const native: NativeBinding | null = loaded.binding;
+/** Why the addon is missing, for probe(). */
+export const nativeLoadError: string | null = loaded.loadError;

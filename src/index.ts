@@ -1,0 +1,279 @@
+/**
+ * tcp-zerocopy: zero-copy TCP receive for Node.js on Linux.
+ *
+ * `attach(socket)` turns a connected net.Socket that has not started reading into a
+ * stream of chunks whose Buffers sit on payload pages the kernel mapped into the process
+ * (mmap on a TCP socket + getsockopt(TCP_ZEROCOPY_RECEIVE)), copying only what cannot be
+ * mapped. `probe()` tells what this machine supports.
+ */
+import * as net from 'node:net';
+
+import { native, nativeLoadError, NativeMode, NativePoolFull, type NativeProbe } from './binding';
+import { codedError } from './errors';
+import { Receiver, socketCopySource, type Chunk, type ReceiverStats, type ZeroCopyReceiver } from './receiver';
+
+export type { Chunk, ReceiverStats, ZeroCopyReceiver };
+
+/** Kernel and runtime features zero-copy receive depends on. */
+export interface ProbeFeatures {
+  /** The native addon is built and loaded. */
+  nativeAddon: boolean;
+  /** mmap() on a TCP socket and getsockopt(TCP_ZEROCOPY_RECEIVE) work (Linux >= 4.18). */
+  zerocopyReceive: boolean;
+  /** Size of struct tcp_zerocopy_receive the kernel accepts: 16, 24, 40 or 64 (0 if none). */
+  structSize: number;
+  /** The kernel reports queued bytes and socket errors in the call (Linux >= 5.7). */
+  inqAndError: boolean;
+  /** Small reads and leftovers are copied in the same call (copybuf, Linux >= 5.11). */
+  copybuf: boolean;
+  /** The kernel can skip its TLB flush for ranges known to be empty (Linux >= 5.11). */
+  tlbCleanHint: boolean;
+  /** Receive timestamps in the call (Linux >= 5.12); not used by this package. */
+  rxTimestamps: boolean;
+  /** The runtime lets Buffers point at foreign memory (no V8 sandbox). */
+  externalBuffers: boolean;
+}
+
+/** What `probe()` found. */
+export interface ProbeResult {
+  /** Chunks can be mapped; when false, attach() still works by copying. */
+  supported: boolean;
+  /** Why zero-copy is unavailable, when `supported` is false. */
+  reason?: string;
+  /** Kernel release (uname -r), or '' if unknown. */
+  kernel: string;
+  /** Feature by feature. */
+  features: ProbeFeatures;
+}
+
+/** Options of `attach()`. */
+export interface AttachOptions {
+  /**
+   * Bytes per chunk, 4096 to 67108864 (default 1 MiB). Also the socket's SO_RCVLOWAT
+   * while data flows, so mapped chunks are large.
+   */
+  chunkSize?: number;
+  /**
+   * 'auto' (default): map what the kernel can, copy the rest, and copy for good after any
+   * zero-copy error other than end of stream (see stats.fallbackReason).
+   * 'zerocopy': as 'auto', but zero-copy errors fail the stream, and attach() throws where
+   * zero-copy is unsupported. 'copy': never map.
+   */
+  mode?: 'auto' | 'zerocopy' | 'copy';
+  /**
+   * When every byte the pinned-bytes cap allows is held by unreleased chunks:
+   * 'copy' (default) keeps data flowing as copied chunks; 'wait' stops reading until
+   * chunks are released, which deadlocks a consumer that waits for more data before it
+   * releases what it holds.
+   */
+  whenPoolFull?: 'copy' | 'wait';
+  /**
+   * Milliseconds to wait for a full chunk before delivering whatever has arrived
+   * (default 20). 0 delivers every wake-up at once (lower latency, smaller chunks).
+   */
+  flushDelayMs?: number;
+}
+
+/** Pinned-memory settings of this environment's page pool. */
+export interface ConfigureOptions {
+  /** Cap on bytes mapped and not yet released, for all receivers of this thread (default 64 MiB). */
+  maxPinnedBytes?: number;
+}
+
+/** Counters of this environment's page pool. */
+export interface PoolStats {
+  /** Bytes mapped into chunks that are not released yet. */
+  pinnedBytes: number;
+  /** The cap on pinnedBytes. */
+  maxPinnedBytes: number;
+  /** TCP mappings (VMAs) the pool holds: shared by every receiver. */
+  mappings: number;
+}
+
+const DEFAULT_CHUNK_SIZE = 1 << 20;
+const MIN_CHUNK_SIZE = 4096;
+const MAX_CHUNK_SIZE = 64 << 20;
+const DEFAULT_FLUSH_DELAY_MS = 20;
+const OPTION_NAMES = new Set(['chunkSize', 'mode', 'whenPoolFull', 'flushDelayMs']);
+
+let cachedProbe: ProbeResult | null = null;
+
+/** Tells whether zero-copy receive works here and which kernel features it can use. */
+export function probe(): ProbeResult {
+  if (cachedProbe !== null) return cloneProbe(cachedProbe);
+  const raw: NativeProbe | null = native?.probe() ?? null;
+  const features: ProbeFeatures = {
+    nativeAddon: raw !== null,
+    zerocopyReceive: raw?.kernelSupported ?? false,
+    structSize: raw?.structSize ?? 0,
+    inqAndError: raw?.inqAndErr ?? false,
+    copybuf: raw?.copybuf ?? false,
+    tlbCleanHint: raw?.tlbCleanHint ?? false,
+    rxTimestamps: raw?.rxTimestamps ?? false,
+    externalBuffers: raw?.externalBuffers ?? false,
+  };
+  let reason: string | undefined;
+  if (raw === null) reason = nativeLoadError ?? 'native addon not loaded';
+  else if (!raw.kernelSupported) reason = raw.reason ?? 'zero-copy receive unsupported';
+  else if (!raw.externalBuffers) reason = 'the runtime refuses external Buffers (V8 sandbox)';
+  cachedProbe = {
+    supported: reason === undefined,
+    ...(reason === undefined ? {} : { reason }),
+    kernel: raw?.kernel ?? '',
+    features,
+  };
+  return cloneProbe(cachedProbe);
+}
+
+function cloneProbe(result: ProbeResult): ProbeResult {
+  return { ...result, features: { ...result.features } };
+}
+
+/** Sets the pinned-bytes cap of this thread's page pool. */
+export function configure(options: ConfigureOptions): void {
+  if (typeof options !== 'object' || options === null) {
+    throw codedError(TypeError, 'ERR_INVALID_ARG_TYPE', 'configure(options): options must be an object');
+  }
+  const { maxPinnedBytes } = options;
+  if (maxPinnedBytes !== undefined) {
+    if (!Number.isSafeInteger(maxPinnedBytes) || maxPinnedBytes < 0 || maxPinnedBytes > 2 ** 36) {
+      throw codedError(
+        RangeError,
+        'ERR_OUT_OF_RANGE',
+        `maxPinnedBytes must be an integer from 0 to 2**36, got ${String(maxPinnedBytes)}`,
+      );
+    }
+    native?.configure({ maxPinnedBytes });
+  }
+}
+
+/** Pinned bytes, cap and mappings of this thread's page pool. */
+export function poolStats(): PoolStats {
+  const raw = native?.poolStats();
+  return {
+    pinnedBytes: raw?.pinnedBytes ?? 0,
+    maxPinnedBytes: raw?.maxPinnedBytes ?? 0,
+    mappings: raw?.mappings ?? 0,
+  };
+}
+
+const attachedSockets = new WeakSet<net.Socket>();
+
+interface SocketInternals {
+  _handle?: { fd?: number; reading?: boolean; readStart?: () => number } | null;
+}
+
+/**
+ * Starts receiving from `socket`: a connected net.Socket that has not started reading
+ * (accepted by `net.createServer({ pauseOnConnect: true })`, or paused before it
+ * connected). From then on the receiver owns the socket's reading side; writes still
+ * work. Throws at once for anything else.
+ */
+export function attach(socket: net.Socket, options: AttachOptions = {}): ZeroCopyReceiver {
+  if (!(socket instanceof net.Socket)) {
+    throw codedError(TypeError, 'ERR_INVALID_ARG_TYPE', 'attach(socket): socket must be a net.Socket');
+  }
+  const settings = checkOptions(options);
+  if (socket.destroyed) {
+    throw codedError(Error, 'ERR_SOCKET_CLOSED', 'attach(socket): socket is destroyed');
+  }
+  if (attachedSockets.has(socket)) {
+    throw codedError(Error, 'ERR_TCPZC_ALREADY_ATTACHED', 'attach(socket): socket already has a receiver');
+  }
+  const handle = (socket as unknown as SocketInternals)._handle;
+  if (socket.connecting || socket.pending || handle === null || handle === undefined) {
+    throw codedError(Error, 'ERR_SOCKET_NOT_CONNECTED', 'attach(socket): socket is not connected');
+  }
+  if (handle.reading === true || socket.readableFlowing === true || socket.readableLength > 0) {
+    throw codedError(
+      Error,
+      'ERR_TCPZC_SOCKET_READING',
+      'attach(socket): socket has already started reading; accept it with ' +
+        'net.createServer({ pauseOnConnect: true }) or pause() it before it connects',
+    );
+  }
+
+  if (settings.mode === 'zerocopy' && !probe().supported) {
+    throw codedError(Error, 'ERR_TCPZC_UNSUPPORTED', `zero-copy receive unavailable: ${probe().reason}`);
+  }
+  let receiver: Receiver;
+  if (native !== null) {
+    const fd = handle.fd;
+    if (typeof fd !== 'number' || fd < 0) {
+      throw codedError(TypeError, 'ERR_INVALID_ARG_VALUE', 'attach(socket): socket has no file descriptor');
+    }
+    const Native = native.Receiver;
+    const nativeOptions = {
+      chunkSize: settings.chunkSize,
+      mode: NativeMode[settings.mode],
+      poolFull: NativePoolFull[settings.whenPoolFull],
+      flushDelayMs: settings.flushDelayMs,
+    };
+    try {
+      receiver = new Receiver(socket, (onEvent) => new Native(fd, nativeOptions, onEvent));
+    } catch (error) {
+      throw explainNativeError(error);
+    }
+    // Node must never read this fd now: a stray socket.resume() or 'data' listener would
+    // take bytes out of the middle of the stream. Its read start becomes a no-op.
+    handle.readStart = () => 0;
+  } else {
+    const reason = probe().reason ?? 'native addon not loaded';
+    receiver = new Receiver(socket, (onEvent) => socketCopySource(socket, onEvent, reason));
+  }
+  attachedSockets.add(socket);
+  return receiver;
+}
+
+interface Settings {
+  chunkSize: number;
+  mode: 'auto' | 'zerocopy' | 'copy';
+  whenPoolFull: 'copy' | 'wait';
+  flushDelayMs: number;
+}
+
+function checkOptions(options: AttachOptions): Settings {
+  if (typeof options !== 'object' || options === null || Array.isArray(options)) {
+    throw codedError(TypeError, 'ERR_INVALID_ARG_TYPE', 'attach(socket, options): options must be an object');
+  }
+  for (const name of Object.keys(options)) {
+    if (!OPTION_NAMES.has(name)) {
+      throw codedError(TypeError, 'ERR_INVALID_ARG_VALUE', `attach(): unknown option '${name}'`);
+    }
+  }
+  const { chunkSize = DEFAULT_CHUNK_SIZE, mode = 'auto', whenPoolFull = 'copy', flushDelayMs = DEFAULT_FLUSH_DELAY_MS } =
+    options;
+  if (!Number.isSafeInteger(chunkSize) || chunkSize < MIN_CHUNK_SIZE || chunkSize > MAX_CHUNK_SIZE) {
+    throw codedError(
+      RangeError,
+      'ERR_OUT_OF_RANGE',
+      `chunkSize must be an integer from ${MIN_CHUNK_SIZE} to ${MAX_CHUNK_SIZE}, got ${String(chunkSize)}`,
+    );
+  }
+  if (mode !== 'auto' && mode !== 'zerocopy' && mode !== 'copy') {
+    throw codedError(TypeError, 'ERR_INVALID_ARG_VALUE', `mode must be 'auto', 'zerocopy' or 'copy', got ${String(mode)}`);
+  }
+  if (whenPoolFull !== 'copy' && whenPoolFull !== 'wait') {
+    throw codedError(TypeError, 'ERR_INVALID_ARG_VALUE', `whenPoolFull must be 'copy' or 'wait', got ${String(whenPoolFull)}`);
+  }
+  if (!Number.isSafeInteger(flushDelayMs) || flushDelayMs < 0 || flushDelayMs > 3_600_000) {
+    throw codedError(
+      RangeError,
+      'ERR_OUT_OF_RANGE',
+      `flushDelayMs must be an integer from 0 to 3600000, got ${String(flushDelayMs)}`,
+    );
+  }
+  return { chunkSize, mode, whenPoolFull, flushDelayMs };
+}
+
+/** Native attach errors name a syscall; say what they mean for the caller. */
+function explainNativeError(error: unknown): Error {
+  const code = (error as { code?: unknown } | null)?.code;
+  if (code === 'ENOTSOCK' || code === 'EPROTOTYPE') {
+    return codedError(TypeError, 'ERR_INVALID_ARG_VALUE', 'attach(socket): socket is not a TCP socket');
+  }
+  if (code === 'ENOTCONN') {
+    return codedError(Error, 'ERR_SOCKET_NOT_CONNECTED', 'attach(socket): socket is not connected');
+  }
+  return error instanceof Error ? error : new Error(String(error));
+}
