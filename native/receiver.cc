@@ -280,7 +280,11 @@ void Receiver::OnReadable(int status) {
   Napi::HandleScope scope(env);
   Batch batch;
   stats_.wakeups++;
-  if (status < 0) {
+  // libuv turns POLLERR into UV_EBADF and stops the watcher. The fd is our own dup, so
+  // this only means the socket has an error pending: read on (data first, then the
+  // error) and watch again afterwards.
+  bool pollerr = status == UV_EBADF;
+  if (status < 0 && !pollerr) {
     batch.error = -status;
     batch.syscall = "poll";
   } else if (zerocopy_) {
@@ -293,15 +297,18 @@ void Receiver::OnReadable(int status) {
     batch.eof = false;
     batch.error = pending_error_;
   }
-  if (batch.Empty()) return;
-
-  if (flush_delay_ms_ > 0) {
-    if (low_water_is_one_ && batch.bytes >= chunk_size_ / 2) {
-      SetLowWater(static_cast<int>(chunk_size_));
+  if (!batch.Empty()) {
+    if (flush_delay_ms_ > 0) {
+      if (low_water_is_one_ && batch.bytes >= chunk_size_ / 2) {
+        SetLowWater(static_cast<int>(chunk_size_));
+      }
+      ArmFlushTimer();
     }
-    ArmFlushTimer();
+    Deliver(&batch);
   }
-  Deliver(&batch);
+  if (pollerr && polling_ && handles_ != nullptr) {
+    uv_poll_start(&handles_->poll, UV_READABLE, ReceiverCallbacks::OnPoll);
+  }
 }
 
 void Receiver::Deliver(Batch* batch) {

@@ -121,6 +121,8 @@ export interface Sender {
   child: ChildProcess;
   /** Resolves with the sender's report when it exits 0; rejects with its stderr otherwise. */
   done: Promise<SenderResult>;
+  /** Kills the sender if it still runs and ignores how it ended. */
+  stop(): void;
 }
 
 function senderArgs(options: SenderOptions): string[] {
@@ -169,5 +171,14 @@ export function startSender(options: SenderOptions): Sender {
       }
     });
   });
-  return { child, done };
+  // A sender whose peer stopped early fails on purpose in many tests; only callers that
+  // await `done` hear of it.
+  done.catch(() => undefined);
+  return {
+    child,
+    done,
+    stop: () => {
+      if (child.exitCode === null && child.signalCode === null) child.kill();
+    },
+  };
 }
