@@ -10,6 +10,9 @@ namespace tcpzc {
 // with .code ("ECONNRESET"), .errno (negative, as in libuv) and .syscall.
 Napi::Error ErrnoError(Napi::Env env, int err, const char* syscall);
 
+// The same with the plain C API, for paths that must not throw; null on failure.
+napi_value CreateErrnoError(napi_env env, int err, const char* syscall);
+
 // Name of an errno as libuv spells it ("ECONNRESET").
 std::string ErrnoName(int err);
 

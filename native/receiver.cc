@@ -73,6 +73,17 @@ size_t QueuedBytes(int fd) {
 
 double ToDouble(size_t value) { return static_cast<double>(value); }
 
+// Node refuses calls that may run JS (property writes among them) once an environment
+// stops; a throwaway property write tells whether this one still runs JS.
+bool CanCallIntoJs(napi_env env) {
+  napi_value probe;
+  if (napi_create_object(env, &probe) != napi_ok) return false;
+  if (napi_set_named_property(env, probe, "alive", probe) == napi_ok) return true;
+  napi_value ignored;
+  napi_get_and_clear_last_exception(env, &ignored);
+  return false;
+}
+
 }  // namespace
 
 void CloseHandles(UvHandles* handles) {
@@ -276,8 +287,15 @@ void Receiver::ArmFlushTimer() {
 void Receiver::OnFlushTimer() { SetLowWater(1); }
 
 void Receiver::OnReadable(int status) {
-  Napi::Env env = Env();
-  Napi::HandleScope scope(env);
+  napi_env env = Env();
+  napi_handle_scope scope;
+  if (napi_open_handle_scope(env, &scope) != napi_ok) return;
+  // Between a worker's terminate() and its cleanup hooks the loop still runs but JS may
+  // not: leave the socket alone, the cleanup hook closes everything.
+  if (!CanCallIntoJs(env)) {
+    napi_close_handle_scope(env, scope);
+    return;
+  }
   Batch batch;
   stats_.wakeups++;
   // libuv turns POLLERR into UV_EBADF and stops the watcher. The fd is our own dup, so
@@ -297,7 +315,7 @@ void Receiver::OnReadable(int status) {
     batch.eof = false;
     batch.error = pending_error_;
   }
-  if (!batch.Empty()) {
+  if (!batch.Empty() && !batch.abandoned) {
     if (flush_delay_ms_ > 0) {
       if (low_water_is_one_ && batch.bytes >= chunk_size_ / 2) {
         SetLowWater(static_cast<int>(chunk_size_));
@@ -309,34 +327,45 @@ void Receiver::OnReadable(int status) {
   if (pollerr && polling_ && handles_ != nullptr) {
     uv_poll_start(&handles_->poll, UV_READABLE, ReceiverCallbacks::OnPoll);
   }
+  napi_close_handle_scope(env, scope);
 }
 
+// Everything on the libuv-callback path uses the plain C API and checks its status:
+// node-addon-api aborts the process when a call fails while a worker is terminating.
 void Receiver::Deliver(Batch* batch) {
-  Napi::Env env = Env();
+  napi_env env = Env();
   bool final = batch->eof || batch->error != 0;
   if (final) Shutdown();
 
-  Napi::Array chunks = Napi::Array::New(env, batch->count);
+  napi_value argv[4];
   uint32_t mapped_mask = 0;
+  if (napi_create_array_with_length(env, batch->count, &argv[0]) != napi_ok) return;
   for (int i = 0; i < batch->count; i++) {
-    chunks.Set(static_cast<uint32_t>(i), Napi::Value(env, batch->chunks[i]));
+    if (napi_set_element(env, argv[0], static_cast<uint32_t>(i), batch->chunks[i]) != napi_ok) return;
     if (batch->mapped[i]) mapped_mask |= 1u << i;
   }
-  Napi::Value error = batch->error != 0 ? ErrnoError(env, batch->error, batch->syscall).Value()
-                                        : env.Null();
-  try {
-    on_event_.MakeCallback(Value(),
-                           {chunks, Napi::Number::New(env, mapped_mask), error,
-                            Napi::Boolean::New(env, batch->eof)},
-                           *async_context_);
-  } catch (const Napi::Error& e) {
-    // Nothing on the stack to catch it: report it as Node does for any callback.
-    napi_fatal_exception(env, e.Value());
+  if (napi_create_uint32(env, mapped_mask, &argv[1]) != napi_ok) return;
+  argv[2] = batch->error != 0 ? CreateErrnoError(env, batch->error, batch->syscall) : nullptr;
+  if (argv[2] == nullptr && napi_get_null(env, &argv[2]) != napi_ok) return;
+  if (napi_get_boolean(env, batch->eof, &argv[3]) != napi_ok) return;
+  napi_value receiver;
+  napi_value callback;
+  if (napi_get_reference_value(env, Napi::Reference<Napi::Object>::operator napi_ref(), &receiver) != napi_ok ||
+      napi_get_reference_value(env, on_event_, &callback) != napi_ok) {
+    return;
+  }
+  napi_value result;
+  napi_status status = napi_make_callback(env, *async_context_, receiver, callback, 4, argv, &result);
+  if (status == napi_pending_exception) {
+    napi_value exception;
+    napi_get_and_clear_last_exception(env, &exception);
+    // Nothing on the stack can catch it: report it as Node does for any callback.
+    if (CanCallIntoJs(env)) napi_fatal_exception(env, exception);
   }
 }
 
 void Receiver::AddMapped(Batch* batch, MappedChunk* chunk) {
-  Napi::Env env = Env();
+  napi_env env = Env();
   napi_value buffer = nullptr;
   napi_status status = napi_create_external_buffer(
       env, chunk->length, chunk->address,
@@ -357,15 +386,18 @@ void Receiver::AddMapped(Batch* batch, MappedChunk* chunk) {
     return;
   }
   // The runtime refuses external Buffers (V8 sandbox): copy, and stop mapping.
-  Napi::Buffer<uint8_t> copy = Napi::Buffer<uint8_t>::Copy(env, chunk->address, chunk->length);
+  napi_value copy = nullptr;
   size_t length = chunk->length;
+  status = napi_create_buffer_copy(env, length, chunk->address, nullptr, &copy);
   pool_->Release(chunk);
   delete chunk;
-  if (status == napi_no_external_buffers_allowed) {
-    external_buffers_ = false;
-    zerocopy_ = false;
-    fallback_reason_ = "external buffers refused by the runtime";
+  if (status != napi_ok) {
+    batch->abandoned = true;  // the environment is going away
+    return;
   }
+  external_buffers_ = false;
+  zerocopy_ = false;
+  fallback_reason_ = "external buffers refused by the runtime";
   AddCopied(batch, copy, length);
 }
 
@@ -484,14 +516,20 @@ void Receiver::ZerocopyCycle(Batch* batch) {
 // One copied chunk: `prefix_len` bytes already in the pool's copybuf, then up to
 // `recv_len` bytes read from the socket.
 void Receiver::ReadCopied(Batch* batch, size_t prefix_len, size_t recv_len) {
-  Napi::Env env = Env();
+  napi_env env = Env();
   size_t total = prefix_len + recv_len;
-  Napi::Buffer<uint8_t> buffer = Napi::Buffer<uint8_t>::New(env, total);
-  if (prefix_len > 0) std::memcpy(buffer.Data(), pool_->copybuf(), prefix_len);
+  void* raw = nullptr;
+  napi_value buffer;
+  if (napi_create_buffer(env, total, &raw, &buffer) != napi_ok) {
+    batch->abandoned = true;  // the environment is going away
+    return;
+  }
+  auto* data = static_cast<uint8_t*>(raw);
+  if (prefix_len > 0) std::memcpy(data, pool_->copybuf(), prefix_len);
   size_t received = 0;
   if (recv_len > 0) {
     stats_.recv_calls++;
-    ssize_t n = RecvSome(handles_->fd, buffer.Data() + prefix_len, recv_len);
+    ssize_t n = RecvSome(handles_->fd, data + prefix_len, recv_len);
     if (n > 0) {
       received = static_cast<size_t>(n);
     } else if (n == 0) {
@@ -504,7 +542,10 @@ void Receiver::ReadCopied(Batch* batch, size_t prefix_len, size_t recv_len) {
   if (length == 0) return;
   if (length < total) {
     // Short read (urgent mark, reset): keep only what arrived.
-    buffer = Napi::Buffer<uint8_t>::Copy(env, buffer.Data(), length);
+    if (napi_create_buffer_copy(env, length, data, nullptr, &buffer) != napi_ok) {
+      batch->abandoned = true;
+      return;
+    }
   }
   AddCopied(batch, buffer, length);
 }

@@ -39,6 +39,7 @@ class Receiver : public Napi::ObjectWrap<Receiver>, private PoolWaiter {
     int error = 0;  // errno to report after the chunks
     const char* syscall = "read";
     bool eof = false;
+    bool abandoned = false;  // JS objects could not be made: environment teardown
     size_t bytes = 0;
     bool Empty() const { return count == 0 && error == 0 && !eof; }
   };

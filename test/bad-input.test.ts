@@ -1,0 +1,216 @@
+import { once } from 'node:events';
+import * as fs from 'node:fs';
+import * as net from 'node:net';
+import * as os from 'node:os';
+import * as path from 'node:path';
+
+import { afterEach, describe, expect, it } from 'vitest';
+
+import { native } from '../src/binding';
+import { attach, configure, type AttachOptions } from '../src/index';
+import { startSender, type Sender } from '../src/testing';
+import { connectPaused, drain, listen, MiB } from './helpers';
+
+const servers: net.Server[] = [];
+const sockets: net.Socket[] = [];
+const senders: Sender[] = [];
+afterEach(() => {
+  for (const socket of sockets.splice(0)) socket.destroy();
+  for (const server of servers.splice(0)) server.close();
+  for (const sender of senders.splice(0)) sender.stop();
+});
+
+async function acceptedSocket(): Promise<{ socket: net.Socket; port: number }> {
+  const { server, port, accepted } = await listen();
+  servers.push(server);
+  const client = net.connect({ port, host: '127.0.0.1' });
+  sockets.push(client);
+  const socket = await accepted;
+  sockets.push(socket);
+  return { socket, port };
+}
+
+function expectCoded(fn: () => unknown, Class: ErrorConstructor, code: string, message: RegExp): void {
+  let thrown: unknown;
+  try {
+    fn();
+  } catch (error) {
+    thrown = error;
+  }
+  expect(thrown).toBeInstanceOf(Class);
+  expect((thrown as { code?: string }).code).toBe(code);
+  expect((thrown as Error).message).toMatch(message);
+}
+
+describe('attach() rejects what it cannot receive from', () => {
+  it.each([
+    ['an object', {}],
+    ['null', null],
+    ['a number', 3],
+    ['a stream that is not a socket', fs.createReadStream(__filename)],
+  ])('%s: TypeError ERR_INVALID_ARG_TYPE', (_name, value) => {
+    expectCoded(() => attach(value as unknown as net.Socket), TypeError, 'ERR_INVALID_ARG_TYPE', /must be a net\.Socket/);
+  });
+
+  it('a socket that never connected', () => {
+    expectCoded(() => attach(new net.Socket()), Error, 'ERR_SOCKET_NOT_CONNECTED', /not connected/);
+  });
+
+  it('a socket still connecting', async () => {
+    const { server, port } = await listen();
+    servers.push(server);
+    const client = net.connect({ port, host: '127.0.0.1' });
+    sockets.push(client);
+    expectCoded(() => attach(client), Error, 'ERR_SOCKET_NOT_CONNECTED', /not connected/);
+  });
+
+  it('a destroyed socket', async () => {
+    const { socket } = await acceptedSocket();
+    socket.destroy();
+    expectCoded(() => attach(socket), Error, 'ERR_SOCKET_CLOSED', /destroyed/);
+  });
+
+  it('a socket that already reads (client not paused before connect)', async () => {
+    const { server, port } = await listen();
+    servers.push(server);
+    const client = net.connect({ port, host: '127.0.0.1' });
+    sockets.push(client);
+    await once(client, 'connect');
+    expectCoded(() => attach(client), Error, 'ERR_TCPZC_SOCKET_READING', /already started reading.*pauseOnConnect/);
+  });
+
+  it('a server socket accepted without pauseOnConnect', async () => {
+    const server = net.createServer();
+    servers.push(server);
+    server.listen(0, '127.0.0.1');
+    await once(server, 'listening');
+    const client = net.connect({ port: (server.address() as net.AddressInfo).port, host: '127.0.0.1' });
+    sockets.push(client);
+    const [socket] = (await once(server, 'connection')) as [net.Socket];
+    sockets.push(socket);
+    expectCoded(() => attach(socket), Error, 'ERR_TCPZC_SOCKET_READING', /already started reading/);
+  });
+
+  it('a Unix domain socket', async () => {
+    const socketPath = path.join(os.tmpdir(), `tcpzc-${process.pid}-${Date.now()}.sock`);
+    const server = net.createServer({ pauseOnConnect: true });
+    servers.push(server);
+    server.listen(socketPath);
+    await once(server, 'listening');
+    const client = net.connect(socketPath);
+    sockets.push(client);
+    const [socket] = (await once(server, 'connection')) as [net.Socket];
+    sockets.push(socket);
+    expectCoded(() => attach(socket), TypeError, 'ERR_INVALID_ARG_VALUE', /not a TCP socket/);
+  });
+
+  it('a second attach() of the same socket', async () => {
+    const { socket } = await acceptedSocket();
+    const receiver = attach(socket);
+    expectCoded(() => attach(socket), Error, 'ERR_TCPZC_ALREADY_ATTACHED', /already has a receiver/);
+    receiver.close();
+  });
+});
+
+describe('attach() rejects bad options, and the socket loses nothing', () => {
+  const cases: [string, unknown, ErrorConstructor, string, RegExp][] = [
+    ['options not an object', 5, TypeError, 'ERR_INVALID_ARG_TYPE', /options must be an object/],
+    ['options an array', [], TypeError, 'ERR_INVALID_ARG_TYPE', /options must be an object/],
+    ['an unknown option', { chunksize: 4096 }, TypeError, 'ERR_INVALID_ARG_VALUE', /unknown option 'chunksize'/],
+    ['chunkSize 0', { chunkSize: 0 }, RangeError, 'ERR_OUT_OF_RANGE', /chunkSize/],
+    ['chunkSize below a page', { chunkSize: 4095 }, RangeError, 'ERR_OUT_OF_RANGE', /chunkSize/],
+    ['chunkSize above 64 MiB', { chunkSize: 64 * MiB + 1 }, RangeError, 'ERR_OUT_OF_RANGE', /chunkSize/],
+    ['chunkSize fractional', { chunkSize: 65536.5 }, RangeError, 'ERR_OUT_OF_RANGE', /chunkSize/],
+    ['chunkSize NaN', { chunkSize: Number.NaN }, RangeError, 'ERR_OUT_OF_RANGE', /chunkSize/],
+    ['chunkSize a string', { chunkSize: '65536' }, RangeError, 'ERR_OUT_OF_RANGE', /chunkSize/],
+    ['mode unknown', { mode: 'fast' }, TypeError, 'ERR_INVALID_ARG_VALUE', /mode must be/],
+    ['whenPoolFull unknown', { whenPoolFull: 'block' }, TypeError, 'ERR_INVALID_ARG_VALUE', /whenPoolFull/],
+    ['flushDelayMs negative', { flushDelayMs: -1 }, RangeError, 'ERR_OUT_OF_RANGE', /flushDelayMs/],
+    ['flushDelayMs Infinity', { flushDelayMs: Infinity }, RangeError, 'ERR_OUT_OF_RANGE', /flushDelayMs/],
+  ];
+  it.each(cases)('%s', async (_name, options, Class, code, message) => {
+    const { server, port, accepted } = await listen();
+    servers.push(server);
+    const sender = startSender({ port, bytes: 4 * MiB, seed: 41, mss: 4108 });
+    senders.push(sender);
+    const socket = await accepted;
+    sockets.push(socket);
+    expectCoded(() => attach(socket, options as AttachOptions), Class, code, message);
+    // The failed attach left the socket as it was: a correct attach gets every byte.
+    const received = await drain(attach(socket), 41);
+    expect(received.error).toBeNull();
+    expect(received.bytes).toBe(4 * MiB);
+  });
+});
+
+describe('configure() rejects bad values', () => {
+  it.each([[-1], [1.5], [Number.NaN], [2 ** 40], ['64M']])('maxPinnedBytes %s', (value) => {
+    expectCoded(() => configure({ maxPinnedBytes: value as number }), RangeError, 'ERR_OUT_OF_RANGE', /maxPinnedBytes/);
+  });
+  it('options not an object', () => {
+    expectCoded(() => configure(null as unknown as object), TypeError, 'ERR_INVALID_ARG_TYPE', /options/);
+  });
+});
+
+describe.skipIf(native === null)('the raw binding survives any input', () => {
+  const binding = native as NonNullable<typeof native>;
+  const onEvent = (): void => undefined;
+  const options = { chunkSize: 65536, mode: 1 as const, poolFull: 0 as const, flushDelayMs: 20 };
+
+  it.each([
+    ['no arguments', []],
+    ['a negative fd', [-1, options, onEvent]],
+    ['a huge fd', [2 ** 40, options, onEvent]],
+    ['fd NaN', [Number.NaN, options, onEvent]],
+    ['a closed fd', [99999, options, onEvent]],
+    ['a file fd', [0, options, onEvent]],
+    ['options not an object', [0, 1, onEvent]],
+    ['callback missing', [0, options]],
+  ])('Receiver(%s) throws', (_name, args) => {
+    expect(() => new (binding.Receiver as unknown as new (...a: unknown[]) => unknown)(...args)).toThrow();
+  });
+
+  it.each([
+    ['chunkSize huge', { ...options, chunkSize: 2 ** 53 }],
+    ['chunkSize negative', { ...options, chunkSize: -4096 }],
+    ['mode out of range', { ...options, mode: 7 }],
+    ['poolFull out of range', { ...options, poolFull: -1 }],
+  ])('Receiver option %s throws RangeError', async (_name, badOptions) => {
+    const { socket } = await acceptedSocket();
+    const fd = (socket as unknown as { _handle: { fd: number } })._handle.fd;
+    expect(() => new binding.Receiver(fd, badOptions as typeof options, onEvent)).toThrow(RangeError);
+  });
+
+  it('releaseChunk and detachBuffer refuse or ignore what is not theirs', () => {
+    expect(() => binding.releaseChunk(42 as unknown as Buffer)).toThrow(TypeError);
+    expect(() => binding.detachBuffer('x' as unknown as Buffer)).toThrow(TypeError);
+    const foreign = Buffer.from('still here');
+    expect(binding.releaseChunk(foreign)).toBe(false);
+    expect(foreign.toString()).toBe('still here');
+    // A slice of Node's shared pool must never be detached.
+    const pooled = Buffer.from('pooled');
+    expect(binding.detachBuffer(pooled)).toBe(false);
+    expect(pooled.toString()).toBe('pooled');
+  });
+});
+
+describe('connected clients work too', () => {
+  it('a client paused before it connected can be attached', async () => {
+    const server = net.createServer((socket) => {
+      socket.end(Buffer.alloc(10000, 7));
+    });
+    servers.push(server);
+    server.listen(0, '127.0.0.1');
+    await once(server, 'listening');
+    const client = await connectPaused((server.address() as net.AddressInfo).port);
+    sockets.push(client);
+    const receiver = attach(client);
+    let bytes = 0;
+    for await (const chunk of receiver) {
+      expect(chunk.data.every((byte) => byte === 7)).toBe(true);
+      bytes += chunk.data.length;
+      chunk.release();
+    }
+    expect(bytes).toBe(10000);
+  });
+});
