@@ -1,14 +1,14 @@
 {
-  # Native parts are Linux-only (TCP_ZEROCOPY_RECEIVE). On other systems the targets
-  # are empty so `npm install` still succeeds and the package falls back to copying.
+  # Native parts are Linux-only (TCP_ZEROCOPY_RECEIVE). Elsewhere only a no-op target is
+  # defined, so `npm install` still succeeds and the package copies through net.Socket.
   "variables": {
     "zc_cflags": ["-std=c++17", "-Wall", "-Wextra", "-fvisibility=hidden", "-O2"]
   },
-  "targets": [
-    {
-      "target_name": "tcp_zerocopy",
-      "conditions": [
-        ["OS=='linux'", {
+  "conditions": [
+    ["OS=='linux'", {
+      "targets": [
+        {
+          "target_name": "tcp_zerocopy",
           "sources": [
             "native/addon.cc",
             "native/errors.cc",
@@ -25,20 +25,22 @@
           "cflags!": ["-fno-exceptions"],
           "cflags_cc!": ["-fno-exceptions", "-std=gnu++17", "-std=gnu++1y", "-std=gnu++20"],
           "cflags_cc": ["<@(zc_cflags)", "-fexceptions"]
-        }]
-      ]
-    },
-    {
-      "target_name": "zc_sender",
-      "type": "executable",
-      "conditions": [
-        ["OS=='linux'", {
+        },
+        {
+          "target_name": "zc_sender",
+          "type": "executable",
           "sources": ["native/sender.cc"],
-          "cflags!": ["-fno-exceptions"],
-          "cflags_cc!": ["-fno-exceptions", "-std=gnu++17", "-std=gnu++1y", "-std=gnu++20"],
+          "cflags_cc!": ["-std=gnu++17", "-std=gnu++1y", "-std=gnu++20"],
           "cflags_cc": ["<@(zc_cflags)"]
-        }]
+        }
       ]
-    }
+    }, {
+      "targets": [
+        {
+          "target_name": "tcp_zerocopy_unsupported_platform",
+          "type": "none"
+        }
+      ]
+    }]
   ]
 }

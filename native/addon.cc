@@ -92,6 +92,7 @@ Napi::Value Addon::PoolStats(const Napi::CallbackInfo& info) {
   stats.Set("mappings", static_cast<double>(pool_->mapping_count()));
   stats.Set("mappedAddressSpace", static_cast<double>(pool_->mapped_bytes()));
   stats.Set("liveChunks", static_cast<double>(pool_->live_chunks()));
+  stats.Set("bytesCopiedPoolFull", pool_->copied_pool_full_bytes());
   return stats;
 }
 

@@ -71,6 +71,9 @@ class MappingPool : public std::enable_shared_from_this<MappingPool> {
   size_t mapping_count() const { return arenas_.size(); }
   size_t mapped_bytes() const;
   size_t live_chunks() const { return live_.size(); }
+  // Bytes any receiver had to copy because the cap was reached.
+  double copied_pool_full_bytes() const { return copied_pool_full_bytes_; }
+  void CountCopiedPoolFull(double bytes) { copied_pool_full_bytes_ += bytes; }
 
  private:
   struct Arena {
@@ -84,6 +87,7 @@ class MappingPool : public std::enable_shared_from_this<MappingPool> {
 
   size_t max_pinned_bytes_;
   size_t pinned_bytes_ = 0;
+  double copied_pool_full_bytes_ = 0;
   std::vector<Arena> arenas_;
   std::unordered_map<uintptr_t, MappedChunk*> live_;
   std::vector<PoolWaiter*> waiters_;

@@ -446,6 +446,7 @@ void Receiver::ZerocopyCycle(Batch* batch) {
     double before = stats_.bytes_copied;
     CopyCycle(batch);
     stats_.bytes_copied_pool_full += stats_.bytes_copied - before;
+    pool_->CountCopiedPoolFull(stats_.bytes_copied - before);
     return;
   }
 

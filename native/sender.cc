@@ -134,6 +134,7 @@ struct Options {
   std::string port;
   uint64_t bytes = 1ull << 30;
   uint32_t seed = 1;
+  bool seed_from_local_port = false;  // many senders, one receiver: tell streams apart
   bool zerocopy = true;
   int mss = 0;  // 0: leave the kernel default
   size_t write_size = 262144;
@@ -160,7 +161,8 @@ void usage(FILE* out) {
           "  --host H                 IPv4/IPv6 literal (default 127.0.0.1)\n"
           "  --port P                 required\n"
           "  --bytes N                pattern bytes to send, K/M/G suffixes (default 1G)\n"
-          "  --seed S                 pattern seed, uint32 (default 1)\n"
+          "  --seed S                 pattern seed, uint32 (default 1), or 'local-port'\n"
+          "                           for this connection's own source port\n"
           "  --mode zerocopy|plain    MSG_ZEROCOPY or ordinary send() (default zerocopy)\n"
           "  --mss N                  TCP_MAXSEG before connect (4108 for mappable loopback)\n"
           "  --write-size N           bytes per send() (default 256K)\n"
@@ -242,7 +244,13 @@ Options parse_args(int argc, char** argv) {
       case kHost: o.host = optarg; break;
       case kPort: o.port = std::to_string(parse_num(name, optarg, 1, 65535)); break;
       case kBytes: o.bytes = parse_num(name, optarg, 0, kBig, true); break;
-      case kSeed: o.seed = static_cast<uint32_t>(parse_num(name, optarg, 0, UINT32_MAX)); break;
+      case kSeed:
+        if (strcmp(optarg, "local-port") == 0) {
+          o.seed_from_local_port = true;
+        } else {
+          o.seed = static_cast<uint32_t>(parse_num(name, optarg, 0, UINT32_MAX));
+        }
+        break;
       case kMode:
         if (strcmp(optarg, "zerocopy") == 0) {
           o.zerocopy = true;
@@ -694,9 +702,19 @@ void Sender::print_stats() const {
 
 }  // namespace
 
+uint16_t local_port(int fd) {
+  sockaddr_storage addr{};
+  socklen_t len = sizeof addr;
+  if (getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) die_sys("getsockname", errno);
+  return ntohs(addr.ss_family == AF_INET6 ? reinterpret_cast<sockaddr_in6*>(&addr)->sin6_port
+                                          : reinterpret_cast<sockaddr_in*>(&addr)->sin_port);
+}
+
 int main(int argc, char** argv) {
-  const Options opts = parse_args(argc, argv);
-  Sender sender(connect_to(opts), opts);
+  Options opts = parse_args(argc, argv);
+  const int fd = connect_to(opts);
+  if (opts.seed_from_local_port) opts.seed = local_port(fd);
+  Sender sender(fd, opts);
   sender.run();
   return fflush(stdout) == 0 ? 0 : 1;
 }

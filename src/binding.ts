@@ -37,6 +37,7 @@ export interface NativePoolStats {
   mappings: number;
   mappedAddressSpace: number;
   liveChunks: number;
+  bytesCopiedPoolFull: number;
 }
 
 /** Native mode numbers (Receiver::Mode). */

@@ -88,6 +88,10 @@ export interface PoolStats {
   maxPinnedBytes: number;
   /** TCP mappings (VMAs) the pool holds: shared by every receiver. */
   mappings: number;
+  /** Mapped chunks handed out and not yet released or collected. */
+  liveChunks: number;
+  /** Bytes that arrived copied, on any receiver, because the pool was at its cap. */
+  bytesCopiedPoolFull: number;
 }
 
 const DEFAULT_CHUNK_SIZE = 1 << 20;
@@ -154,6 +158,8 @@ export function poolStats(): PoolStats {
     pinnedBytes: raw?.pinnedBytes ?? 0,
     maxPinnedBytes: raw?.maxPinnedBytes ?? 0,
     mappings: raw?.mappings ?? 0,
+    liveChunks: raw?.liveChunks ?? 0,
+    bytesCopiedPoolFull: raw?.bytesCopiedPoolFull ?? 0,
   };
 }
 

@@ -1,6 +1,8 @@
 import type * as net from 'node:net';
+import { Readable } from 'node:stream';
 
 import { native, type NativeEventHandler, type NativeReceiverStats } from './binding';
+import { codedError } from './errors';
 
 /** A received piece of the stream, in order. */
 export interface Chunk {
@@ -53,6 +55,15 @@ export interface ZeroCopyReceiver extends AsyncIterable<Chunk> {
   readonly stats: ReceiverStats;
   /** Stops receiving, frees queued chunks and ends pending reads with null. Idempotent. */
   close(): void;
+  /**
+   * The stream as a Readable of Buffers, for `stream.pipeline()`. Mapped chunks are not
+   * released by hand: each is released when the last reference to its Buffer is dropped,
+   * which Node's own writers (fs, net) keep until their write completed, so a consumer
+   * can never see pages go away under a pending write. Until the collector gets there,
+   * the pool's cap bounds pinned memory and later data arrives copied. Call it once,
+   * and do not mix it with read().
+   */
+  readable(): Readable;
 }
 
 /** Where chunks come from: the native receiver, or a plain net.Socket where there is none. */
@@ -107,6 +118,7 @@ export class Receiver implements ZeroCopyReceiver {
   #closed = false;
   #receiving = false;
   #finalStats: NativeReceiverStats | null = null;
+  #readable = false;
   readonly #onSocketClose = (): void => this.#finish(null);
 
   constructor(socket: net.Socket, makeSource: (onEvent: NativeEventHandler) => ChunkSource) {
@@ -160,6 +172,28 @@ export class Receiver implements ZeroCopyReceiver {
     // Chunks nobody read would otherwise pin pages until collected.
     for (const chunk of this.#queue.splice(0)) chunk.release();
     this.#settleWaiters();
+  }
+
+  readable(): Readable {
+    if (this.#readable) {
+      throw codedError(Error, 'ERR_TCPZC_ALREADY_READABLE', 'readable() was already called on this receiver');
+    }
+    this.#readable = true;
+    const stream: Readable = new Readable({
+      // One chunk ahead is enough: chunks are large, and the receiver reads ahead too.
+      highWaterMark: 1,
+      read: (): void => {
+        this.read().then(
+          (chunk) => stream.push(chunk === null ? null : chunk.data),
+          (error: Error) => stream.destroy(error),
+        );
+      },
+      destroy: (error, callback): void => {
+        this.close();
+        callback(error);
+      },
+    });
+    return stream;
   }
 
   async *[Symbol.asyncIterator](): AsyncIterator<Chunk> {

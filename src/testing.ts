@@ -82,7 +82,8 @@ export interface SenderOptions {
   host?: string;
   /** Pattern bytes to send (default 1 GiB). */
   bytes?: number;
-  seed?: number;
+  /** Pattern seed, or 'local-port': the sender's own source port (the receiver's remotePort). */
+  seed?: number | 'local-port';
   /** 'zerocopy' (default): MSG_ZEROCOPY sends, the only way to get mappable pages on loopback. */
   mode?: 'zerocopy' | 'plain';
   /** TCP_MAXSEG before connect; 4108 = 4096 payload + 12-byte timestamp option. */

@@ -1,3 +1,4 @@
+import { readdirSync, readFileSync } from 'node:fs';
 import { once } from 'node:events';
 import * as net from 'node:net';
 
@@ -21,11 +22,16 @@ export interface Received {
 }
 
 /**
- * Reads `receiver` to its end, checking every byte against the pattern and releasing
- * each chunk; a stream error is returned, not thrown.
+ * Reads `receiver` to its end, checking every byte against the pattern (from the start,
+ * or from where `checker` stands) and releasing each chunk; a stream error is returned,
+ * not thrown.
  */
-export async function drain(receiver: ZeroCopyReceiver, seed: number, onChunk?: (chunk: Chunk) => void): Promise<Received> {
-  const checker = new PatternChecker(seed);
+export async function drain(
+  receiver: ZeroCopyReceiver,
+  seed: number | PatternChecker,
+  onChunk?: (chunk: Chunk) => void,
+): Promise<Received> {
+  const checker = typeof seed === 'number' ? new PatternChecker(seed) : seed;
   const result: Received = { bytes: 0, mappedBytes: 0, chunks: 0, error: null };
   try {
     for await (const chunk of receiver) {
@@ -51,3 +57,40 @@ export async function connectPaused(port: number): Promise<net.Socket> {
 }
 
 export const MiB = 1 << 20;
+
+/** Resident bytes of this process's TCP mappings (smaps names them "socket:[inode]"). */
+export function socketMappingRss(): number {
+  let inSocket = false;
+  let rss = 0;
+  for (const line of readFileSync('/proc/self/smaps', 'utf8').split('\n')) {
+    if (/^[0-9a-f]+-[0-9a-f]+ /.test(line)) inSocket = line.includes('socket:[');
+    else if (inSocket && line.startsWith('Rss:')) rss += Number(/(\d+)/.exec(line)?.[1] ?? 0) * 1024;
+  }
+  return rss;
+}
+
+/** Number of TCP mappings (VMAs) in /proc/self/maps. */
+export function socketMappingCount(): number {
+  return readFileSync('/proc/self/maps', 'utf8')
+    .split('\n')
+    .filter((line) => line.includes('socket:[')).length;
+}
+
+/** Open file descriptors of this process. */
+export function openFdCount(): number {
+  return readdirSync('/proc/self/fd').length;
+}
+
+/** Runs `task` over `items` with at most `limit` at a time. */
+export async function mapLimit<T, R>(items: T[], limit: number, task: (item: T) => Promise<R>): Promise<R[]> {
+  const results: R[] = new Array(items.length);
+  let next = 0;
+  const workers = Array.from({ length: Math.min(limit, items.length) }, async () => {
+    while (next < items.length) {
+      const index = next++;
+      results[index] = await task(items[index]);
+    }
+  });
+  await Promise.all(workers);
+  return results;
+}

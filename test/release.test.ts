@@ -1,11 +1,10 @@
-import * as fs from 'node:fs';
 import * as net from 'node:net';
 
 import { afterEach, describe, expect, it } from 'vitest';
 
 import { attach, poolStats, probe, type Chunk } from '../src/index';
 import { PatternChecker, startSender, type Sender } from '../src/testing';
-import { listen, MiB } from './helpers';
+import { listen, MiB, socketMappingRss } from './helpers';
 
 const servers: net.Server[] = [];
 const senders: Sender[] = [];
@@ -16,18 +15,6 @@ afterEach(() => {
 });
 
 const supported = probe().supported;
-
-/** Resident bytes of this process's TCP mappings (smaps names them "socket:[inode]"). */
-function socketMappingRss(): number {
-  const smaps = fs.readFileSync('/proc/self/smaps', 'utf8').split('\n');
-  let inSocket = false;
-  let rss = 0;
-  for (const line of smaps) {
-    if (/^[0-9a-f]+-[0-9a-f]+ /.test(line)) inSocket = line.includes('socket:[');
-    else if (inSocket && line.startsWith('Rss:')) rss += Number(/(\d+)/.exec(line)?.[1] ?? 0) * 1024;
-  }
-  return rss;
-}
 
 /** Starts a MSG_ZEROCOPY stream and returns its receiver. */
 async function zerocopyStream(bytes: number, seed: number, chunkSize = MiB) {
