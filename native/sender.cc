@@ -150,6 +150,7 @@ struct Options {
   uint64_t linger_ms = 0;
   bool close_wait = true;
   int connect_timeout_ms = 5000;
+  bool listen = false;  // accept one connection instead of connecting
 };
 
 constexpr size_t kMaxOob = 16;
@@ -175,7 +176,9 @@ void usage(FILE* out) {
           "  --rst-after N            after N bytes are acknowledged, close with RST\n"
           "  --linger-ms M            sleep M ms after the last byte, before shutdown\n"
           "  --no-close-wait          do not wait for the peer to close after shutdown\n"
-          "  --connect-timeout-ms M   (default 5000)\n",
+          "  --connect-timeout-ms M   (default 5000)\n"
+          "  --listen                 listen on --host:--port (0: any port), print\n"
+          "                           {\"listening\":PORT}, accept one connection and send\n",
           kProg, kMaxOob);
 }
 
@@ -208,7 +211,7 @@ uint64_t parse_num(const char* opt, const char* s, uint64_t min, uint64_t max,
 Options parse_args(int argc, char** argv) {
   enum {
     kHost = 256, kPort, kBytes, kSeed, kMode, kMss, kWriteSize, kSndbuf, kPauseAt, kPauseMs,
-    kDribble, kDribblePauseMs, kOobAt, kRstAfter, kLingerMs, kNoCloseWait, kConnectTimeoutMs,
+    kDribble, kDribblePauseMs, kOobAt, kRstAfter, kLingerMs, kNoCloseWait, kConnectTimeoutMs, kListen,
     kHelp,
   };
   static const option kLong[] = {
@@ -229,6 +232,7 @@ Options parse_args(int argc, char** argv) {
       {"linger-ms", required_argument, nullptr, kLingerMs},
       {"no-close-wait", no_argument, nullptr, kNoCloseWait},
       {"connect-timeout-ms", required_argument, nullptr, kConnectTimeoutMs},
+      {"listen", no_argument, nullptr, kListen},
       {"help", no_argument, nullptr, kHelp},
       {nullptr, 0, nullptr, 0},
   };
@@ -242,7 +246,7 @@ Options parse_args(int argc, char** argv) {
     const char* name = kLong[long_index].name;
     switch (c) {
       case kHost: o.host = optarg; break;
-      case kPort: o.port = std::to_string(parse_num(name, optarg, 1, 65535)); break;
+      case kPort: o.port = std::to_string(parse_num(name, optarg, 0, 65535)); break;
       case kBytes: o.bytes = parse_num(name, optarg, 0, kBig, true); break;
       case kSeed:
         if (strcmp(optarg, "local-port") == 0) {
@@ -286,6 +290,7 @@ Options parse_args(int argc, char** argv) {
         break;
       case kLingerMs: o.linger_ms = parse_num(name, optarg, 0, kMaxMs); break;
       case kNoCloseWait: o.close_wait = false; break;
+      case kListen: o.listen = true; break;
       case kConnectTimeoutMs:
         o.connect_timeout_ms = static_cast<int>(parse_num(name, optarg, 1, INT32_MAX));
         break;
@@ -295,6 +300,7 @@ Options parse_args(int argc, char** argv) {
   }
   if (optind < argc) die_usage("unexpected argument '%s'", argv[optind]);
   if (o.port.empty()) die_usage("--port is required");
+  if (o.port == "0" && !o.listen) die_usage("--port 0 needs --listen");
   if (o.pause != pause_ms_given) die_usage("--pause-at and --pause-ms go together");
   if (o.pause && o.pause_at > o.bytes) die_usage("--pause-at is beyond --bytes");
   if (o.rst && o.rst_after > o.bytes) die_usage("--rst-after is beyond --bytes");
@@ -308,6 +314,44 @@ Options parse_args(int argc, char** argv) {
 
 void set_int_opt(int fd, int level, int name, int value, const char* what) {
   if (setsockopt(fd, level, name, &value, sizeof value) != 0) die_sys(what, errno);
+}
+
+uint16_t local_port(int fd) {
+  sockaddr_storage addr{};
+  socklen_t len = sizeof addr;
+  if (getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) die_sys("getsockname", errno);
+  return ntohs(addr.ss_family == AF_INET6 ? reinterpret_cast<sockaddr_in6*>(&addr)->sin6_port
+                                          : reinterpret_cast<sockaddr_in*>(&addr)->sin_port);
+}
+
+// --listen: accepts one connection on host:port and returns it, nonblocking. Receivers
+// that must be the connecting side (net.Socket's onread option) use this.
+int accept_one(const Options& o) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV | AI_PASSIVE;
+  addrinfo* ai = nullptr;
+  const int rc = getaddrinfo(o.host.c_str(), o.port.c_str(), &hints, &ai);
+  if (rc != 0) die_usage("invalid --host '%s': %s", o.host.c_str(), gai_strerror(rc));
+  const int listener = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, IPPROTO_TCP);
+  if (listener < 0) die_sys("socket", errno);
+  set_int_opt(listener, SOL_SOCKET, SO_REUSEADDR, 1, "setsockopt(SO_REUSEADDR)");
+  if (o.sndbuf > 0) set_int_opt(listener, SOL_SOCKET, SO_SNDBUF, o.sndbuf, "setsockopt(SO_SNDBUF)");
+  // Accepted sockets inherit the MSS set on the listener; it is advertised in the SYN-ACK.
+  if (o.mss > 0) set_int_opt(listener, IPPROTO_TCP, TCP_MAXSEG, o.mss, "setsockopt(TCP_MAXSEG)");
+  if (bind(listener, ai->ai_addr, ai->ai_addrlen) != 0) die_sys("bind", errno);
+  freeaddrinfo(ai);
+  if (listen(listener, 1) != 0) die_sys("listen", errno);
+  printf("{\"listening\":%u}\n", local_port(listener));
+  fflush(stdout);
+  int fd;
+  while ((fd = accept4(listener, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC)) < 0 && errno == EINTR) {
+  }
+  if (fd < 0) die_sys("accept", errno);
+  close(listener);
+  if (o.zerocopy) set_int_opt(fd, SOL_SOCKET, SO_ZEROCOPY, 1, "setsockopt(SO_ZEROCOPY)");
+  return fd;
 }
 
 // Returns a connected, nonblocking socket.
@@ -702,17 +746,9 @@ void Sender::print_stats() const {
 
 }  // namespace
 
-uint16_t local_port(int fd) {
-  sockaddr_storage addr{};
-  socklen_t len = sizeof addr;
-  if (getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) die_sys("getsockname", errno);
-  return ntohs(addr.ss_family == AF_INET6 ? reinterpret_cast<sockaddr_in6*>(&addr)->sin6_port
-                                          : reinterpret_cast<sockaddr_in*>(&addr)->sin_port);
-}
-
 int main(int argc, char** argv) {
   Options opts = parse_args(argc, argv);
-  const int fd = connect_to(opts);
+  const int fd = opts.listen ? accept_one(opts) : connect_to(opts);
   if (opts.seed_from_local_port) opts.seed = local_port(fd);
   Sender sender(fd, opts);
   sender.run();

@@ -78,7 +78,10 @@ export const senderPath = path.join(packageRoot, 'build', 'Release', 'zc_sender'
 
 /** Options of the native sender (see native/sender.cc). */
 export interface SenderOptions {
+  /** Port to connect to; with `listen`, the port to listen on (0: any). */
   port: number;
+  /** Listen and accept one connection instead of connecting (for receivers that connect). */
+  listen?: boolean;
   host?: string;
   /** Pattern bytes to send (default 1 GiB). */
   bytes?: number;
@@ -122,6 +125,8 @@ export interface Sender {
   child: ChildProcess;
   /** Resolves with the sender's report when it exits 0; rejects with its stderr otherwise. */
   done: Promise<SenderResult>;
+  /** With `listen`: the port it listens on, once it does. */
+  listening: Promise<number>;
   /** Kills the sender if it still runs and ignores how it ended. */
   stop(): void;
 }
@@ -145,6 +150,7 @@ function senderArgs(options: SenderOptions): string[] {
   add('--rst-after', options.rstAfter);
   add('--linger-ms', options.lingerMs);
   if (options.noCloseWait === true) args.push('--no-close-wait');
+  if (options.listen === true) args.push('--listen');
   return args;
 }
 
@@ -154,10 +160,16 @@ export function startSender(options: SenderOptions): Sender {
     throw new Error(`sender not built at ${senderPath}: run npm install (Linux only)`);
   }
   const child = spawn(senderPath, senderArgs(options), { stdio: ['ignore', 'pipe', 'pipe'] });
+  let reportPort: (port: number) => void = () => undefined;
+  const listening = new Promise<number>((resolve) => (reportPort = resolve));
   const done = new Promise<SenderResult>((resolve, reject) => {
     let stdout = '';
     let stderr = '';
-    child.stdout?.on('data', (data: Buffer) => (stdout += data.toString()));
+    child.stdout?.on('data', (data: Buffer) => {
+      stdout += data.toString();
+      const match = /\{"listening":(\d+)\}/.exec(stdout);
+      if (match !== null) reportPort(Number(match[1]));
+    });
     child.stderr?.on('data', (data: Buffer) => (stderr += data.toString()));
     child.on('error', reject);
     child.on('close', (code, signal) => {
@@ -178,6 +190,7 @@ export function startSender(options: SenderOptions): Sender {
   return {
     child,
     done,
+    listening,
     stop: () => {
       if (child.exitCode === null && child.signalCode === null) child.kill();
     },

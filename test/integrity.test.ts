@@ -4,7 +4,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 
 import { attach, probe } from '../src/index';
 import { fillPattern, startSender } from '../src/testing';
-import { drain, listen, MiB } from './helpers';
+import { connectPaused, drain, listen, MiB } from './helpers';
 
 const servers: net.Server[] = [];
 afterEach(() => {
@@ -102,5 +102,19 @@ describe('stream integrity', () => {
     chunk?.release();
     client.destroy();
     socket.destroy();
+  });
+});
+
+describe('client sockets', () => {
+  it('maps on a client socket paused before it connected', async () => {
+    const sender = startSender({ port: 0, listen: true, bytes: 64 * MiB, seed: 15, mss: 4108 });
+    const socket = await connectPaused(await sender.listening);
+    const receiver = attach(socket);
+    const received = await drain(receiver, 15);
+    socket.destroy();
+    await sender.done;
+    expect(received.error).toBeNull();
+    expect(received.bytes).toBe(64 * MiB);
+    if (probe().supported) expect(received.mappedBytes / received.bytes).toBeGreaterThanOrEqual(0.95);
   });
 });
