@@ -112,11 +112,20 @@ void MappingPool::Release(MappedChunk* chunk) {
   live_.erase(reinterpret_cast<uintptr_t>(chunk->address));
   pinned_bytes_ -= chunk->length;
   FreeRange(chunk->address, chunk->length);
-  if (!waiters_.empty()) {
-    std::vector<PoolWaiter*> waiters;
-    waiters.swap(waiters_);
-    for (PoolWaiter* waiter : waiters) waiter->OnPoolSpace();
-  }
+  NotifyWaiters();
+}
+
+void MappingPool::set_max_pinned_bytes(size_t bytes) {
+  bool raised = bytes > max_pinned_bytes_;
+  max_pinned_bytes_ = bytes;
+  if (raised) NotifyWaiters();
+}
+
+void MappingPool::NotifyWaiters() {
+  if (waiters_.empty()) return;
+  std::vector<PoolWaiter*> waiters;
+  waiters.swap(waiters_);
+  for (PoolWaiter* waiter : waiters) waiter->OnPoolSpace();
 }
 
 void MappingPool::Wait(PoolWaiter* waiter) {

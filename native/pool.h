@@ -67,7 +67,8 @@ class MappingPool : public std::enable_shared_from_this<MappingPool> {
 
   size_t pinned_bytes() const { return pinned_bytes_; }
   size_t max_pinned_bytes() const { return max_pinned_bytes_; }
-  void set_max_pinned_bytes(size_t bytes) { max_pinned_bytes_ = bytes; }
+  // A higher cap wakes receivers waiting for room.
+  void set_max_pinned_bytes(size_t bytes);
   size_t mapping_count() const { return arenas_.size(); }
   size_t mapped_bytes() const;
   size_t live_chunks() const { return live_.size(); }
@@ -83,6 +84,7 @@ class MappingPool : public std::enable_shared_from_this<MappingPool> {
   };
 
   int AddArena();
+  void NotifyWaiters();
   void FreeRange(uint8_t* address, size_t length);
 
   size_t max_pinned_bytes_;

@@ -104,7 +104,7 @@ struct ReceiverCallbacks {
   }
   static void OnTimer(uv_timer_t* handle) {
     auto* handles = static_cast<UvHandles*>(handle->data);
-    if (handles->owner != nullptr) handles->owner->OnFlushTimer();
+    if (handles->owner != nullptr) handles->owner->OnTimer();
   }
 };
 
@@ -114,6 +114,7 @@ Napi::Function Receiver::Init(Napi::Env env) {
                          InstanceMethod<&Receiver::Start>("start"),
                          InstanceMethod<&Receiver::Stop>("stop"),
                          InstanceMethod<&Receiver::Close>("close"),
+                         InstanceMethod<&Receiver::Drain>("drain"),
                          InstanceMethod<&Receiver::GetStats>("stats"),
                      });
 }
@@ -199,7 +200,10 @@ Receiver::Receiver(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Receiver>(
   handles_ = handles;
   napi_add_async_cleanup_hook(env, OnEnvCleanup, handles, &handles->cleanup_hook);
 
-  on_event_ = Napi::Persistent(info[2].As<Napi::Function>());
+  // The callback lives on the wrapper, not in a persistent reference: a persistent would
+  // root the JS receiver (and its socket) for ever through the callback's closure.
+  napi_property_descriptor on_event = {"onEvent", nullptr, nullptr, nullptr, nullptr, info[2], napi_default, nullptr};
+  if (napi_define_properties(env, info.This(), 1, &on_event) != napi_ok) throw Napi::Error::New(env);
   async_context_ = std::make_unique<Napi::AsyncContext>(env, "TcpZeroCopyReceiver");
   // Batch wake-ups to a chunk while data flows; the flush timer lowers it when it stalls.
   SetLowWater(flush_delay_ms_ > 0 ? static_cast<int>(chunk_size_) : 1);
@@ -207,27 +211,36 @@ Receiver::Receiver(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Receiver>(
 
 Receiver::~Receiver() {
   // The wrapper is being collected (or the environment torn down): its reference is gone.
-  polling_ = false;
+  held_ = false;
   Shutdown();
 }
 
 void Receiver::Shutdown() {
   ended_ = true;
   wants_data_ = false;
+  draining_ = false;
+  polling_ = false;
   if (waiting_for_pool_) {
     pool_->CancelWait(this);
     waiting_for_pool_ = false;
   }
-  if (polling_) {
-    polling_ = false;
-    Unref();
-  }
+  UpdateHold();
   if (handles_ != nullptr) CloseHandles(handles_);
+}
+
+// While JS waits for data (a read or the read-ahead), the wrapper, and through its
+// callback the JS receiver, must survive even if the caller keeps no reference.
+void Receiver::UpdateHold() {
+  bool hold = wants_data_ && !ended_;
+  if (hold && !held_) Ref();
+  if (!hold && held_) Unref();
+  held_ = hold;
 }
 
 Napi::Value Receiver::Start(const Napi::CallbackInfo& info) {
   wants_data_ = true;
-  if (!ended_ && !waiting_for_pool_) {
+  UpdateHold();
+  if (!ended_ && !waiting_for_pool_ && !draining_) {
     int rc = StartPolling();
     if (rc != 0) throw ErrnoError(info.Env(), -rc, "uv_poll_start");
   }
@@ -235,8 +248,11 @@ Napi::Value Receiver::Start(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value Receiver::Stop(const Napi::CallbackInfo& info) {
-  wants_data_ = false;
-  StopPolling();
+  if (!draining_) {
+    wants_data_ = false;
+    UpdateHold();
+    StopPolling();
+  }
   return info.Env().Undefined();
 }
 
@@ -245,12 +261,27 @@ Napi::Value Receiver::Close(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// drain(): Node closed the socket (destroy(), or a failed write). Our dup keeps the
+// kernel socket open, so no end of stream will come: deliver what is queued now, then end.
+Napi::Value Receiver::Drain(const Napi::CallbackInfo& info) {
+  if (ended_ || handles_ == nullptr || draining_) return info.Env().Undefined();
+  draining_ = true;
+  wants_data_ = true;
+  UpdateHold();
+  StopPolling();
+  if (waiting_for_pool_) {
+    pool_->CancelWait(this);
+    waiting_for_pool_ = false;
+  }
+  uv_timer_start(&handles_->timer, ReceiverCallbacks::OnTimer, 0, 0);
+  return info.Env().Undefined();
+}
+
 int Receiver::StartPolling() {
   if (polling_ || handles_ == nullptr) return 0;
   int rc = uv_poll_start(&handles_->poll, UV_READABLE, ReceiverCallbacks::OnPoll);
   if (rc != 0) return rc;
   polling_ = true;
-  Ref();  // a receiver waiting for data must not be collected
   ArmFlushTimer();
   return 0;
 }
@@ -262,7 +293,6 @@ void Receiver::StopPolling() {
     uv_poll_stop(&handles_->poll);
     uv_timer_stop(&handles_->timer);
   }
-  Unref();
 }
 
 void Receiver::OnPoolSpace() {
@@ -283,18 +313,37 @@ void Receiver::ArmFlushTimer() {
   uv_timer_start(&handles_->timer, ReceiverCallbacks::OnTimer, flush_delay_ms_, 0);
 }
 
-// No chunk's worth arrived in time: wake up for any byte until data flows again.
-void Receiver::OnFlushTimer() { SetLowWater(1); }
+void Receiver::OnTimer() {
+  if (draining_) {
+    RunDrain();
+  } else {
+    // No chunk's worth arrived in time: wake up for any byte until data flows again.
+    SetLowWater(1);
+  }
+}
 
-void Receiver::OnReadable(int status) {
+void Receiver::RunDrain() {
+  // Bounded per turn of the loop; the timer comes back for the rest.
+  for (int cycles = 0; cycles < 64; cycles++) {
+    if (ended_ || handles_ == nullptr) return;
+    if (!RunCycle(0)) return;
+  }
+  if (!ended_ && handles_ != nullptr) uv_timer_start(&handles_->timer, ReceiverCallbacks::OnTimer, 0, 0);
+}
+
+void Receiver::OnReadable(int status) { RunCycle(status); }
+
+// One wake-up: receive, then deliver. Returns false when nothing could be done (the
+// environment is stopping).
+bool Receiver::RunCycle(int status) {
   napi_env env = Env();
   napi_handle_scope scope;
-  if (napi_open_handle_scope(env, &scope) != napi_ok) return;
+  if (napi_open_handle_scope(env, &scope) != napi_ok) return false;
   // Between a worker's terminate() and its cleanup hooks the loop still runs but JS may
   // not: leave the socket alone, the cleanup hook closes everything.
   if (!CanCallIntoJs(env)) {
     napi_close_handle_scope(env, scope);
-    return;
+    return false;
   }
   Batch batch;
   stats_.wakeups++;
@@ -310,13 +359,15 @@ void Receiver::OnReadable(int status) {
   } else {
     CopyCycle(&batch);
   }
+  // Draining: nothing more is queued, so this is the end.
+  if (draining_ && batch.Empty() && !batch.abandoned) batch.eof = true;
   if (batch.eof && pending_error_ != 0) {
     // A reset seen while data was still queued is reported once that data is delivered.
     batch.eof = false;
     batch.error = pending_error_;
   }
   if (!batch.Empty() && !batch.abandoned) {
-    if (flush_delay_ms_ > 0) {
+    if (flush_delay_ms_ > 0 && !draining_) {
       if (low_water_is_one_ && batch.bytes >= chunk_size_ / 2) {
         SetLowWater(static_cast<int>(chunk_size_));
       }
@@ -328,6 +379,7 @@ void Receiver::OnReadable(int status) {
     uv_poll_start(&handles_->poll, UV_READABLE, ReceiverCallbacks::OnPoll);
   }
   napi_close_handle_scope(env, scope);
+  return !batch.abandoned;
 }
 
 // Everything on the libuv-callback path uses the plain C API and checks its status:
@@ -351,7 +403,7 @@ void Receiver::Deliver(Batch* batch) {
   napi_value receiver;
   napi_value callback;
   if (napi_get_reference_value(env, Napi::Reference<Napi::Object>::operator napi_ref(), &receiver) != napi_ok ||
-      napi_get_reference_value(env, on_event_, &callback) != napi_ok) {
+      receiver == nullptr || napi_get_named_property(env, receiver, "onEvent", &callback) != napi_ok) {
     return;
   }
   napi_value result;
@@ -435,8 +487,9 @@ void Receiver::ZerocopyCycle(Batch* batch) {
     return;
   }
   if (slot.length == 0) {
-    // Every pinned byte the cap allows is still held by JS.
-    if (pool_full_policy_ == PoolFull::kWait) {
+    // Every pinned byte the cap allows is still held by JS. Waiting only makes sense if
+    // a release can come; a drain must finish now.
+    if (pool_full_policy_ == PoolFull::kWait && !draining_ && pool_->live_chunks() > 0) {
       stats_.pool_waits++;
       waiting_for_pool_ = true;
       pool_->Wait(this);

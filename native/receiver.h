@@ -47,10 +47,14 @@ class Receiver : public Napi::ObjectWrap<Receiver>, private PoolWaiter {
   Napi::Value Start(const Napi::CallbackInfo& info);
   Napi::Value Stop(const Napi::CallbackInfo& info);
   Napi::Value Close(const Napi::CallbackInfo& info);
+  Napi::Value Drain(const Napi::CallbackInfo& info);
   Napi::Value GetStats(const Napi::CallbackInfo& info);
 
   void OnReadable(int status);
-  void OnFlushTimer();
+  void OnTimer();
+  void RunDrain();
+  bool RunCycle(int status);
+  void UpdateHold();
   void OnPoolSpace() override;
   int StartPolling();
   void StopPolling();
@@ -65,7 +69,6 @@ class Receiver : public Napi::ObjectWrap<Receiver>, private PoolWaiter {
   void ArmFlushTimer();
   void Deliver(Batch* batch);
 
-  Napi::FunctionReference on_event_;
   std::unique_ptr<Napi::AsyncContext> async_context_;
   std::shared_ptr<MappingPool> pool_;
   UvHandles* handles_ = nullptr;  // null once closing
@@ -79,6 +82,8 @@ class Receiver : public Napi::ObjectWrap<Receiver>, private PoolWaiter {
   uint64_t flush_delay_ms_;
   bool low_water_is_one_ = false;
   bool wants_data_ = false;     // JS asked for data (start) and has not said stop
+  bool held_ = false;           // wrapper referenced strongly: JS waits for our callback
+  bool draining_ = false;       // socket closed by Node: deliver what is queued, then end
   bool polling_ = false;
   bool waiting_for_pool_ = false;
   bool ended_ = false;

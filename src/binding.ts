@@ -60,6 +60,7 @@ export interface NativeReceiver {
   start(): void;
   stop(): void;
   close(): void;
+  drain(): void;
   stats(): NativeReceiverStats;
 }
 

@@ -216,7 +216,9 @@ export function attach(socket: net.Socket, options: AttachOptions = {}): ZeroCop
       flushDelayMs: settings.flushDelayMs,
     };
     try {
-      receiver = new Receiver(socket, (onEvent) => new Native(fd, nativeOptions, onEvent));
+      receiver = new Receiver(socket, (onEvent) => new Native(fd, nativeOptions, onEvent), {
+        waitsForPool: settings.whenPoolFull === 'wait',
+      });
     } catch (error) {
       throw explainNativeError(error);
     }

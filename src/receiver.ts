@@ -71,6 +71,8 @@ export interface ChunkSource {
   start(): void;
   stop(): void;
   close(): void;
+  /** Deliver what is queued now, then end (the socket was closed under us). */
+  drain?(): void;
   stats(): NativeReceiverStats;
 }
 
@@ -115,14 +117,28 @@ export class Receiver implements ZeroCopyReceiver {
   readonly #waiters: Waiter[] = [];
   #ended = false;
   #error: Error | null = null;
-  #closed = false;
   #receiving = false;
   #finalStats: NativeReceiverStats | null = null;
   #readable = false;
-  readonly #onSocketClose = (): void => this.#finish(null);
+  #closeError: Error | null = null;
+  readonly #onSocketClose = (): void => {
+    // Node closed the socket: destroy(), or a failed write. The native source still
+    // holds the kernel socket through its dup and drains what is queued there (data, then
+    // a reset the kernel saw), ending with the error Node saw, if any.
+    this.#closeError = this.#socket.errored ?? null;
+    if (this.#source.drain !== undefined) this.#source.drain();
+    else this.#finish(this.#closeError);
+  };
 
-  constructor(socket: net.Socket, makeSource: (onEvent: NativeEventHandler) => ChunkSource) {
+  readonly #waitsForPool: boolean;
+
+  constructor(
+    socket: net.Socket,
+    makeSource: (onEvent: NativeEventHandler) => ChunkSource,
+    options: { waitsForPool?: boolean } = {},
+  ) {
     this.#socket = socket;
+    this.#waitsForPool = options.waitsForPool === true;
     this.#source = makeSource(this.#onEvent);
     socket.once('close', this.#onSocketClose);
   }
@@ -132,7 +148,7 @@ export class Receiver implements ZeroCopyReceiver {
       this.#queue.push(new ReceivedChunk(chunks[i], (mappedMask & (1 << i)) !== 0));
     }
     if (error !== null) this.#finish(error);
-    else if (eof) this.#finish(null);
+    else if (eof) this.#finish(this.#closeError);
     this.#settleWaiters();
     this.#adjustFlow();
   };
@@ -167,16 +183,25 @@ export class Receiver implements ZeroCopyReceiver {
   }
 
   close(): void {
-    if (this.#closed) return;
     this.#finish(null);
-    // Chunks nobody read would otherwise pin pages until collected.
+    // Whatever is still queued, the reader no longer wants: chunks nobody read would pin
+    // pages until collected, and a pending error is moot.
     for (const chunk of this.#queue.splice(0)) chunk.release();
+    this.#error = null;
     this.#settleWaiters();
   }
 
   readable(): Readable {
     if (this.#readable) {
       throw codedError(Error, 'ERR_TCPZC_ALREADY_READABLE', 'readable() was already called on this receiver');
+    }
+    if (this.#waitsForPool) {
+      // Its chunks return to the pool only when collected: waiting for them can hang.
+      throw codedError(
+        Error,
+        'ERR_TCPZC_READABLE_WAIT',
+        "readable() needs whenPoolFull: 'copy'; with 'wait' the stream could stop for good",
+      );
     }
     this.#readable = true;
     const stream: Readable = new Readable({
@@ -240,7 +265,6 @@ export class Receiver implements ZeroCopyReceiver {
   #finish(error: Error | null): void {
     if (this.#ended) return;
     this.#ended = true;
-    this.#closed = true;
     this.#error = error;
     this.#receiving = false;
     this.#socket.removeListener('close', this.#onSocketClose);

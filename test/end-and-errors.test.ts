@@ -151,3 +151,58 @@ describe('the socket around the receiver', () => {
     socket.destroy();
   });
 });
+
+describe('the socket closed by Node', () => {
+  it('a failed write closes the socket: queued bytes still arrive, then an error, never a clean end', async () => {
+    const { server, port, accepted } = await listen();
+    servers.push(server);
+    const client = net.connect({ port, host: '127.0.0.1' });
+    const socket = await accepted;
+    socket.on('error', () => undefined); // the write below fails; that is the point
+    const receiver = attach(socket, { chunkSize: 64 * 1024 });
+    const payload = Buffer.alloc(100_000);
+    fillPattern(payload, 0, 39);
+    client.write(payload);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    client.resetAndDestroy();
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    socket.write('too late'); // hits the reset: Node destroys the socket
+    await new Promise((resolve) => socket.once('close', resolve));
+    const received = await drain(receiver, 39);
+    expect(received.bytes).toBe(100_000);
+    expect(received.error?.code).toMatch(/^(ECONNRESET|EPIPE)$/);
+  });
+
+  it('destroy() with bytes still queued delivers them, then ends', async () => {
+    const { server, port, accepted } = await listen();
+    servers.push(server);
+    const client = net.connect({ port, host: '127.0.0.1' });
+    const socket = await accepted;
+    const receiver = attach(socket, { chunkSize: 64 * 1024 });
+    const payload = Buffer.alloc(200_000);
+    fillPattern(payload, 0, 40);
+    client.write(payload);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    socket.destroy();
+    const received = await drain(receiver, 40);
+    expect(received.error).toBeNull();
+    expect(received.bytes).toBe(200_000);
+    client.destroy();
+  });
+});
+
+describe('close() after the end', () => {
+  it('still frees the chunks read ahead, and clears a pending error', async () => {
+    const baseline = poolStats().liveChunks;
+    const { socket } = await serverAndSender({ bytes: 4 * MiB, seed: 41, mss: 4108 });
+    const receiver = attach(socket, { chunkSize: MiB });
+    const first = await receiver.read();
+    first?.release();
+    // Let the stream end with chunks still queued.
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    receiver.close();
+    expect(poolStats().liveChunks).toBe(baseline);
+    expect(await receiver.read()).toBeNull();
+    socket.destroy();
+  });
+});

@@ -1,7 +1,11 @@
 import { spawnSync } from 'node:child_process';
+import { once } from 'node:events';
+import * as net from 'node:net';
 import * as path from 'node:path';
 
 import { describe, expect, it } from 'vitest';
+
+import { attach } from '../src/index';
 
 const child = path.join(__dirname, 'fixtures', 'lifecycle-child.js');
 
@@ -29,5 +33,37 @@ describe('leaving at every lifecycle stage is clean', () => {
     if (stage === 'uncaught-exception') expect(result.stderr).toMatch(/deliberate crash mid-stream/);
     else expect(result.stderr).toBe('');
     expect(result.status).toBe(expected);
+  });
+});
+
+describe('garbage collection', () => {
+  it('collects finished receivers and their sockets', async () => {
+    expect(typeof global.gc).toBe('function');
+    let finalized = 0;
+    const registry = new FinalizationRegistry(() => finalized++);
+    const server = net.createServer({ pauseOnConnect: true });
+    server.listen(0, '127.0.0.1');
+    await once(server, 'listening');
+    const port = (server.address() as net.AddressInfo).port;
+    const rounds = 50;
+    for (let i = 0; i < rounds; i++) {
+      const accepted = once(server, 'connection');
+      const client = net.connect(port, '127.0.0.1');
+      const [socket] = (await accepted) as [net.Socket];
+      const receiver = attach(socket, { chunkSize: 65536 });
+      client.end(Buffer.alloc(100_000, 1));
+      for await (const chunk of receiver) chunk.release();
+      receiver.close();
+      socket.destroy();
+      client.destroy();
+      registry.register(receiver, 'receiver');
+      registry.register(socket, 'socket');
+    }
+    server.close();
+    for (let i = 0; i < 20 && finalized < 2 * rounds * 0.9; i++) {
+      await new Promise((resolve) => setTimeout(resolve, 20));
+      global.gc?.();
+    }
+    expect(finalized).toBeGreaterThanOrEqual(2 * rounds * 0.9);
   });
 });

@@ -195,3 +195,41 @@ describe.skipIf(!probe().supported)('the shared page pool', () => {
     expect(poolStats().liveChunks).toBe(0);
   });
 });
+
+describe.skipIf(!probe().supported)("whenPoolFull: 'wait' cannot hang", () => {
+  it('copies when the cap is below a page and nothing is pinned', async () => {
+    configure({ maxPinnedBytes: 2048 });
+    const { receiver, socket } = await zerocopyStream(8 * MiB, 65, { whenPoolFull: 'wait' });
+    const received = await drain(receiver, 65);
+    expect(received.bytes).toBe(8 * MiB);
+    expect(received.mappedBytes).toBe(0);
+    socket.destroy();
+  });
+
+  it('raising the cap wakes a waiting receiver', async () => {
+    configure({ maxPinnedBytes: 4 * MiB });
+    const { receiver, socket } = await zerocopyStream(32 * MiB, 66, { whenPoolFull: 'wait' });
+    const checker = new PatternChecker(66);
+    const hoard: Chunk[] = [];
+    let held = 0;
+    while (held < 4 * MiB) {
+      const chunk = (await receiver.read()) as Chunk;
+      checker.check(chunk.data);
+      hoard.push(chunk);
+      held += chunk.data.length;
+    }
+    configure({ maxPinnedBytes: 64 * MiB });
+    const rest = await drain(receiver, checker);
+    expect(rest.error).toBeNull();
+    expect(checker.offset).toBe(32 * MiB);
+    for (const chunk of hoard) chunk.release();
+    socket.destroy();
+  });
+
+  it('readable() refuses the wait policy', async () => {
+    const { receiver, socket } = await zerocopyStream(MiB, 67, { whenPoolFull: 'wait' });
+    expect(() => receiver.readable()).toThrow(expect.objectContaining({ code: 'ERR_TCPZC_READABLE_WAIT' }));
+    receiver.close();
+    socket.destroy();
+  });
+});
