@@ -31,6 +31,7 @@ Addon::Addon(Napi::Env env, Napi::Object exports)
                            InstanceMethod<&Addon::DetachBuffer>("detachBuffer"),
                            InstanceMethod<&Addon::PoolStats>("poolStats"),
                            InstanceMethod<&Addon::Configure>("configure"),
+                           InstanceMethod<&Addon::BreakPoolForTesting>("_breakPoolForTesting"),
                            InstanceValue("Receiver", Receiver::Init(env), napi_enumerable),
                        });
 }
@@ -112,6 +113,11 @@ Napi::Value Addon::Configure(const Napi::CallbackInfo& info) {
     pool_->set_max_pinned_bytes(static_cast<size_t>(bytes));
   }
   return env.Undefined();
+}
+
+// _breakPoolForTesting(): see MappingPool::BreakArenasForTesting. For the fallback tests.
+Napi::Value Addon::BreakPoolForTesting(const Napi::CallbackInfo& info) {
+  return Napi::Boolean::New(info.Env(), pool_->BreakArenasForTesting());
 }
 
 }  // namespace tcpzc

@@ -144,6 +144,17 @@ MappedChunk* MappingPool::Find(const uint8_t* address, size_t length) const {
   return it->second;
 }
 
+bool MappingPool::BreakArenasForTesting() {
+  if (!live_.empty()) return false;
+  if (arenas_.empty() && AddArena() != 0) return false;
+  for (Arena& arena : arenas_) {
+    // MAP_FIXED replaces the TCP mapping in place and keeps the range reserved.
+    void* replaced = mmap(arena.base, arena.size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+    if (replaced == MAP_FAILED) return false;
+  }
+  return true;
+}
+
 size_t MappingPool::mapped_bytes() const { return arenas_.size() * kArenaSize; }
 
 void MappingPool::FreeRange(uint8_t* address, size_t length) {

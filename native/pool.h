@@ -65,6 +65,11 @@ class MappingPool : public std::enable_shared_from_this<MappingPool> {
   // Scratch space for TCP_ZEROCOPY_RECEIVE's copybuf; used synchronously on the JS thread.
   uint8_t* copybuf() { return copybuf_; }
 
+  // Tests only: puts an anonymous PROT_NONE mapping over every arena, so the kernel's
+  // next receive into the pool fails for real (EINVAL, "not a TCP mapping"). Refused
+  // (false) while any chunk is live.
+  bool BreakArenasForTesting();
+
   size_t pinned_bytes() const { return pinned_bytes_; }
   size_t max_pinned_bytes() const { return max_pinned_bytes_; }
   // A higher cap wakes receivers waiting for room.

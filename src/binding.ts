@@ -70,6 +70,8 @@ export interface NativeBinding {
   detachBuffer(buffer: Buffer): boolean;
   poolStats(): NativePoolStats;
   configure(options: { maxPinnedBytes?: number }): void;
+  /** Tests only: makes the kernel refuse every later receive into this thread's pool. */
+  _breakPoolForTesting(): boolean;
   Receiver: new (
     fd: number,
     options: { chunkSize: number; mode: NativeMode; poolFull: NativePoolFull; flushDelayMs: number },
