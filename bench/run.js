@@ -1,0 +1,337 @@
+#!/usr/bin/env node
+// @ts-check
+// `npm run bench`: receiver CPU per GB and throughput, side by side in one run, for
+//   (a) tcp-zerocopy zero-copy mode   (b) tcp-zerocopy copy mode
+//   (c) net.Socket 'data' events      (d) net.Socket with onread reusing one buffer
+//   (e) C zero-copy reference (the kernel selftest's loop)   (f) C recv()
+// each in its own process, receiving from the native sender: a MSG_ZEROCOPY pass at MSS
+// 4108, then a plain-send() pass. Chunk sizes 64K..4M, repetitions interleaved, medians
+// reported with min-max. Writes bench/results/<date>.json, .md and .svg.
+//
+//   npm run bench [-- --quick] [--reps N] [--bytes 1G] [--chunks 64K,256K,1M,4M] [--only a,e]
+'use strict';
+const { spawn } = require('node:child_process');
+const fs = require('node:fs');
+const os = require('node:os');
+const path = require('node:path');
+const { parseArgs } = require('node:util');
+
+const { probe } = require('../dist/index.js');
+const { startSender } = require('../dist/testing.js');
+
+const root = path.resolve(__dirname, '..');
+const releaseDir = path.join(root, 'build', 'Release');
+
+/** @param {string} text */
+function parseSize(text) {
+  const match = /^(\d+)([KMG]?)$/i.exec(text.trim());
+  if (match === null) throw new Error(`not a size: ${text}`);
+  return Number(match[1]) * { '': 1, K: 1024, M: 1024 ** 2, G: 1024 ** 3 }[/** @type {'' | 'K' | 'M' | 'G'} */ (match[2].toUpperCase())];
+}
+
+/** @param {number} bytes */
+function sizeName(bytes) {
+  if (bytes >= 1024 ** 3 && bytes % 1024 ** 3 === 0) return `${bytes / 1024 ** 3}G`;
+  if (bytes >= 1024 ** 2 && bytes % 1024 ** 2 === 0) return `${bytes / 1024 ** 2}M`;
+  return `${bytes / 1024}K`;
+}
+
+const { values } = parseArgs({
+  options: {
+    quick: { type: 'boolean', default: false },
+    reps: { type: 'string', default: '3' },
+    bytes: { type: 'string' },
+    chunks: { type: 'string', default: '64K,256K,1M,4M' },
+    only: { type: 'string' },
+    out: { type: 'string', default: path.join(root, 'bench', 'results') },
+  },
+});
+const bytes = parseSize(values.bytes ?? (values.quick ? '256M' : '1G'));
+const reps = Math.max(1, Number(values.reps));
+const chunks = values.chunks.split(',').map(parseSize);
+
+/**
+ * @typedef {{ id: string, name: string, kind?: string, bin?: string, connects?: boolean }} ReceiverSpec
+ * @typedef {{ bytes: number, mappedBytes: number, cpuUserMs: number, cpuSysMs: number, elapsedMs: number, syscalls: number | null, maxRssKiB: number }} Report
+ */
+/** @type {ReceiverSpec[]} */
+const allReceivers = [
+  { id: 'a', name: 'tcp-zerocopy, zero-copy mode', kind: 'zerocopy' },
+  { id: 'b', name: 'tcp-zerocopy, copy mode', kind: 'copy' },
+  { id: 'c', name: "net.Socket 'data'", kind: 'net-data' },
+  { id: 'd', name: 'net.Socket onread (one buffer)', kind: 'net-onread', connects: true },
+  { id: 'e', name: 'C zero-copy reference', bin: 'zc_ref_recv' },
+  { id: 'f', name: 'C recv()', bin: 'recv_ref' },
+];
+const only = values.only?.split(',');
+const receivers = allReceivers.filter((r) => only === undefined || only.includes(r.id));
+const passes = [
+  { id: 'zerocopy', name: 'MSG_ZEROCOPY sender, MSS 4108', sender: { mode: /** @type {const} */ ('zerocopy'), mss: 4108 } },
+  { id: 'plain', name: 'plain send() sender', sender: { mode: /** @type {const} */ ('plain') } },
+];
+
+/**
+ * Runs one receiver process against one sender and returns its report.
+ * @param {ReceiverSpec} receiver @param {typeof passes[number]} pass @param {number} chunk
+ * @returns {Promise<Report>}
+ */
+async function runOnce(receiver, pass, chunk) {
+  const senderOptions = { bytes, seed: 3, ...pass.sender };
+  const command = receiver.bin !== undefined ? path.join(releaseDir, receiver.bin) : process.execPath;
+  const baseArgs = receiver.bin !== undefined ? [] : [path.join(__dirname, 'receiver.js'), '--kind', /** @type {string} */ (receiver.kind)];
+  let sender;
+  let child;
+  if (receiver.connects) {
+    sender = startSender({ ...senderOptions, port: 0, listen: true });
+    const port = await sender.listening;
+    child = spawn(command, [...baseArgs, '--chunk', String(chunk), '--connect', String(port)], { stdio: ['ignore', 'pipe', 'inherit'] });
+  } else {
+    child = spawn(command, [...baseArgs, '--chunk', String(chunk), '--port', '0'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  }
+  let stdout = '';
+  /** @type {(port: number) => void} */
+  let onPort = () => undefined;
+  const port = new Promise((resolve) => (onPort = resolve));
+  child.stdout.on('data', (data) => {
+    stdout += data.toString();
+    const match = /\{"port":(\d+)\}/.exec(stdout);
+    if (match !== null) onPort(Number(match[1]));
+  });
+  const exited = new Promise((resolve) => child.on('close', resolve));
+  if (!receiver.connects) sender = startSender({ ...senderOptions, port: await port });
+  const code = await exited;
+  await /** @type {NonNullable<typeof sender>} */ (sender).done;
+  if (code !== 0) throw new Error(`${receiver.name} exited with ${code}`);
+  const report = /** @type {Report} */ (JSON.parse(stdout.trim().split('\n').pop() ?? ''));
+  if (report.bytes !== bytes) throw new Error(`${receiver.name} received ${report.bytes} of ${bytes} bytes`);
+  return report;
+}
+
+/** @param {number[]} xs */
+function median(xs) {
+  const s = [...xs].sort((x, y) => x - y);
+  return s.length % 2 === 1 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+}
+
+/** @param {Report} r */
+const cpuPerGB = (r) => ((r.cpuUserMs + r.cpuSysMs) * 1e9) / r.bytes;
+/** @param {Report} r */
+const gbPerSecond = (r) => r.bytes / 1e9 / (r.elapsedMs / 1000);
+
+function machine() {
+  const cpus = os.cpus();
+  return {
+    cpu: cpus[0]?.model ?? 'unknown',
+    cpus: cpus.length,
+    memoryGiB: Math.round(os.totalmem() / 1024 ** 3),
+    kernel: os.release(),
+    node: process.version,
+    zerocopy: probe().supported,
+  };
+}
+
+async function main() {
+  for (const r of receivers) {
+    if (r.bin !== undefined && !fs.existsSync(path.join(releaseDir, r.bin))) {
+      throw new Error(`${path.join(releaseDir, r.bin)} missing: run npm install`);
+    }
+  }
+  /** @type {{ rep: number, pass: string, chunk: number, receiver: string, report: Report }[]} */
+  const runs = [];
+  const total = reps * passes.length * chunks.length * receivers.length;
+  const started = Date.now();
+  console.error(`bench: ${sizeName(bytes)} per transfer, ${reps} repetitions, ${total} transfers`);
+  for (let rep = 1; rep <= reps; rep++) {
+    for (const pass of passes) {
+      for (const chunk of chunks) {
+        for (const receiver of receivers) {
+          const report = await runOnce(receiver, pass, chunk);
+          runs.push({ rep, pass: pass.id, chunk, receiver: receiver.id, report });
+          console.error(
+            `[${String(runs.length).padStart(3)}/${total}] rep ${rep} ${pass.id.padEnd(8)} ${sizeName(chunk).padStart(4)} ` +
+              `(${receiver.id}) ${receiver.name.padEnd(31)} ${cpuPerGB(report).toFixed(0).padStart(5)} ms/GB ` +
+              `${gbPerSecond(report).toFixed(2).padStart(5)} GB/s ${((100 * report.mappedBytes) / report.bytes).toFixed(1).padStart(5)}% mapped`,
+          );
+        }
+      }
+    }
+  }
+
+  const rows = [];
+  for (const pass of passes) {
+    for (const chunk of chunks) {
+      for (const receiver of receivers) {
+        const reports = runs.filter((x) => x.pass === pass.id && x.chunk === chunk && x.receiver === receiver.id).map((x) => x.report);
+        const cpu = reports.map(cpuPerGB);
+        const speed = reports.map(gbPerSecond);
+        const syscalls = reports.map((r) => r.syscalls).filter((s) => s !== null);
+        rows.push({
+          pass: pass.id,
+          chunk,
+          receiver: receiver.id,
+          name: receiver.name,
+          cpuMsPerGB: { median: median(cpu), min: Math.min(...cpu), max: Math.max(...cpu) },
+          gbPerSecond: { median: median(speed), min: Math.min(...speed), max: Math.max(...speed) },
+          mappedPercent: median(reports.map((r) => (100 * r.mappedBytes) / r.bytes)),
+          syscallsPerGB: syscalls.length > 0 ? median(syscalls.map((s) => (s * 1e9) / bytes)) : null,
+          peakRssMiB: Math.max(...reports.map((r) => r.maxRssKiB / 1024)),
+        });
+      }
+    }
+  }
+  /** @param {string} pass @param {number} chunk @param {string} id */
+  const row = (pass, chunk, id) => rows.find((r) => r.pass === pass && r.chunk === chunk && r.receiver === id);
+  for (const r of rows) {
+    const net = row(r.pass, r.chunk, 'c');
+    const ref = row(r.pass, r.chunk, 'e');
+    Object.assign(r, {
+      cpuVsNetSocket: net !== undefined ? r.cpuMsPerGB.median / net.cpuMsPerGB.median : null,
+      cpuVsCReference: ref !== undefined ? r.cpuMsPerGB.median / ref.cpuMsPerGB.median : null,
+    });
+  }
+
+  const targets = evaluateTargets(row);
+  const result = { date: new Date().toISOString(), machine: machine(), bytesPerTransfer: bytes, reps, chunks, rows, targets, runs };
+  fs.mkdirSync(values.out, { recursive: true });
+  const stamp = result.date.slice(0, 19).replace(/:/g, '-');
+  const base = path.join(values.out, stamp);
+  fs.writeFileSync(`${base}.json`, `${JSON.stringify(result, null, 2)}\n`);
+  const markdown = renderMarkdown(result);
+  fs.writeFileSync(`${base}.md`, markdown);
+  fs.writeFileSync(`${base}.svg`, renderSvg(result));
+  console.log(markdown);
+  console.error(`wrote ${base}.json, .md and .svg in ${((Date.now() - started) / 1000).toFixed(0)} s`);
+}
+
+/**
+ * The targets of the benchmark issue, each met or missed on this run's medians.
+ * @param {(pass: string, chunk: number, id: string) => any} row
+ */
+function evaluateTargets(row) {
+  const targets = [];
+  const big = chunks.filter((c) => c >= 1 << 20);
+  if (receivers.some((r) => r.id === 'a') && receivers.some((r) => r.id === 'e')) {
+    const ratios = big.map((c) => ({ chunk: c, ratio: row('zerocopy', c, 'a').cpuVsCReference }));
+    targets.push({
+      target: 'zero-copy mode at >= 1 MiB chunks: <= 1.15x the C zero-copy reference CPU/GB',
+      measured: ratios.map((r) => `${sizeName(r.chunk)}: ${r.ratio.toFixed(2)}x`).join(', '),
+      met: ratios.length > 0 && ratios.every((r) => r.ratio <= 1.15),
+    });
+  }
+  if (receivers.some((r) => r.id === 'c') && receivers.some((r) => r.id === 'a' || r.id === 'b')) {
+    const best = chunks.flatMap((c) =>
+      ['a', 'b']
+        .map((id) => row('zerocopy', c, id))
+        .filter((r) => r !== undefined)
+        .map((r) => ({ chunk: c, id: r.receiver, cpu: r.cpuVsNetSocket, speed: r.gbPerSecond.median / row('zerocopy', c, 'c').gbPerSecond.median })),
+    );
+    const cheapest = best.reduce((x, y) => (y.cpu < x.cpu ? y : x));
+    const fastest = best.reduce((x, y) => (y.speed > x.speed ? y : x));
+    targets.push({
+      target: "best mode: <= 0.5x net.Socket 'data' CPU/GB",
+      measured: `${cheapest.cpu.toFixed(2)}x ((${cheapest.id}) at ${sizeName(cheapest.chunk)})`,
+      met: cheapest.cpu <= 0.5,
+    });
+    targets.push({
+      target: "best mode: >= 2x net.Socket 'data' throughput",
+      measured: `${fastest.speed.toFixed(2)}x ((${fastest.id}) at ${sizeName(fastest.chunk)})`,
+      met: fastest.speed >= 2,
+    });
+  }
+  if (receivers.some((r) => r.id === 'a')) {
+    const mapped = chunks.map((c) => ({ chunk: c, percent: row('zerocopy', c, 'a').mappedPercent }));
+    targets.push({
+      target: '>= 99% of bytes mapped from the MSG_ZEROCOPY sender at MSS 4108',
+      measured: mapped.map((m) => `${sizeName(m.chunk)}: ${m.percent.toFixed(2)}%`).join(', '),
+      met: mapped.every((m) => m.percent >= 99),
+    });
+  }
+  return targets;
+}
+
+/** @param {any} result */
+function renderMarkdown(result) {
+  const m = result.machine;
+  const lines = [
+    `Machine: ${m.cpus} x ${m.cpu}, ${m.memoryGiB} GiB, Linux ${m.kernel}, Node ${m.node}. ` +
+      `Date: ${result.date.slice(0, 10)}. ${sizeName(result.bytesPerTransfer)} per transfer, median of ${result.reps} (min-max).`,
+    '',
+  ];
+  for (const pass of passes) {
+    lines.push(`**${pass.name}**`, '');
+    lines.push('| receiver | chunk | CPU ms/GB | GB/s | mapped | syscalls/GB | peak RSS MiB | CPU vs net.Socket | CPU vs C zero-copy |');
+    lines.push('|---|---|---|---|---|---|---|---|---|');
+    for (const r of result.rows.filter((/** @type {any} */ x) => x.pass === pass.id)) {
+      const range = (/** @type {{median:number,min:number,max:number}} */ v, /** @type {number} */ digits) =>
+        `${v.median.toFixed(digits)} (${v.min.toFixed(digits)}-${v.max.toFixed(digits)})`;
+      lines.push(
+        `| (${r.receiver}) ${r.name} | ${sizeName(r.chunk)} | ${range(r.cpuMsPerGB, 0)} | ${range(r.gbPerSecond, 2)} | ` +
+          `${r.mappedPercent.toFixed(1)}% | ${r.syscallsPerGB === null ? 'n/a' : r.syscallsPerGB.toFixed(0)} | ${r.peakRssMiB.toFixed(0)} | ` +
+          `${r.cpuVsNetSocket === null ? '' : `${r.cpuVsNetSocket.toFixed(2)}x`} | ${r.cpuVsCReference === null ? '' : `${r.cpuVsCReference.toFixed(2)}x`} |`,
+      );
+    }
+    lines.push('');
+  }
+  lines.push('| target | measured | |', '|---|---|---|');
+  for (const t of result.targets) lines.push(`| ${t.target} | ${t.measured} | ${t.met ? 'met' : '**missed**'} |`);
+  lines.push('');
+  return lines.join('\n');
+}
+
+/** CPU per GB by chunk size, one line per receiver, one panel per sender. @param {any} result */
+function renderSvg(result) {
+  const colors = { a: '#d62728', b: '#ff7f0e', c: '#1f77b4', d: '#17becf', e: '#2ca02c', f: '#7f7f7f' };
+  const width = 900;
+  const height = 420;
+  const panelWidth = 380;
+  const top = 50;
+  const plotHeight = 280;
+  const maxCpu = Math.max(...result.rows.map((/** @type {any} */ r) => r.cpuMsPerGB.median)) * 1.1;
+  const parts = [
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" font-family="sans-serif" font-size="12">`,
+    `<rect width="${width}" height="${height}" fill="white"/>`,
+    `<text x="${width / 2}" y="20" text-anchor="middle" font-size="15">Receiver CPU per GB by chunk size (lower is better), Linux ${result.machine.kernel}, ${result.date.slice(0, 10)}</text>`,
+  ];
+  passes.forEach((pass, p) => {
+    const left = 60 + p * (panelWidth + 70);
+    const x = (/** @type {number} */ i) => left + (chunks.length === 1 ? panelWidth / 2 : (i * panelWidth) / (chunks.length - 1));
+    const y = (/** @type {number} */ v) => top + plotHeight - (v / maxCpu) * plotHeight;
+    parts.push(`<text x="${left + panelWidth / 2}" y="${top - 12}" text-anchor="middle">${pass.name}</text>`);
+    parts.push(`<line x1="${left}" y1="${top + plotHeight}" x2="${left + panelWidth}" y2="${top + plotHeight}" stroke="black"/>`);
+    parts.push(`<line x1="${left}" y1="${top}" x2="${left}" y2="${top + plotHeight}" stroke="black"/>`);
+    for (let t = 0; t <= 4; t++) {
+      const v = (maxCpu * t) / 4;
+      parts.push(`<text x="${left - 6}" y="${y(v) + 4}" text-anchor="end">${v.toFixed(0)}</text>`);
+      parts.push(`<line x1="${left}" y1="${y(v)}" x2="${left + panelWidth}" y2="${y(v)}" stroke="#ddd"/>`);
+    }
+    chunks.forEach((c, i) => parts.push(`<text x="${x(i)}" y="${top + plotHeight + 16}" text-anchor="middle">${sizeName(c)}</text>`));
+    parts.push(`<text x="${left - 45}" y="${top + plotHeight / 2}" transform="rotate(-90 ${left - 45} ${top + plotHeight / 2})" text-anchor="middle">CPU ms per GB</text>`);
+    for (const receiver of receivers) {
+      const points = chunks
+        .map((c, i) => {
+          const r = result.rows.find((/** @type {any} */ z) => z.pass === pass.id && z.chunk === c && z.receiver === receiver.id);
+          return r === undefined ? null : `${x(i).toFixed(1)},${y(r.cpuMsPerGB.median).toFixed(1)}`;
+        })
+        .filter((pt) => pt !== null);
+      const color = colors[/** @type {keyof typeof colors} */ (receiver.id)];
+      parts.push(`<polyline points="${points.join(' ')}" fill="none" stroke="${color}" stroke-width="2"/>`);
+      for (const pt of points) {
+        const [px, py] = /** @type {string} */ (pt).split(',');
+        parts.push(`<circle cx="${px}" cy="${py}" r="3" fill="${color}"/>`);
+      }
+    }
+  });
+  receivers.forEach((receiver, i) => {
+    const lx = 60 + (i % 3) * 280;
+    const ly = top + plotHeight + 45 + Math.floor(i / 3) * 20;
+    parts.push(`<rect x="${lx}" y="${ly - 9}" width="14" height="4" fill="${colors[/** @type {keyof typeof colors} */ (receiver.id)]}"/>`);
+    parts.push(`<text x="${lx + 20}" y="${ly - 4}">(${receiver.id}) ${receiver.name}</text>`);
+  });
+  parts.push('</svg>');
+  return `${parts.join('\n')}\n`;
+}
+
+main().catch((error) => {
+  console.error(error);
+  process.exitCode = 1;
+});
