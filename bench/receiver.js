@@ -90,7 +90,11 @@ function receiveData(socket) {
   });
 }
 
-function receiveOnread() {
+async function receiveOnread() {
+  // Connect only when the driver says go (after it started counting our syscalls).
+  process.stdout.write(`${JSON.stringify({ ready: true })}\n`);
+  await new Promise((resolve) => process.stdin.once('data', resolve));
+  process.stdin.pause();
   const buffer = Buffer.allocUnsafe(chunkSize);
   const socket = net.connect({
     port: Number(values.connect),
@@ -112,7 +116,7 @@ function receiveOnread() {
 }
 
 if (kind === 'net-onread') {
-  receiveOnread();
+  void receiveOnread();
 } else if (kind === 'zerocopy' || kind === 'copy' || kind === 'net-data') {
   const server = net.createServer({ pauseOnConnect: kind !== 'net-data' }, (socket) => {
     server.close();

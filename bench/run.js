@@ -10,7 +10,7 @@
 //
 //   npm run bench [-- --quick] [--reps N] [--bytes 1G] [--chunks 64K,256K,1M,4M] [--only a,e]
 'use strict';
-const { spawn } = require('node:child_process');
+const { spawn, spawnSync } = require('node:child_process');
 const fs = require('node:fs');
 const os = require('node:os');
 const path = require('node:path');
@@ -81,30 +81,56 @@ async function runOnce(receiver, pass, chunk) {
   const baseArgs = receiver.bin !== undefined ? [] : [path.join(__dirname, 'receiver.js'), '--kind', /** @type {string} */ (receiver.kind)];
   let sender;
   let child;
+  const stdio = /** @type {const} */ (['pipe', 'pipe', 'inherit']);
   if (receiver.connects) {
     sender = startSender({ ...senderOptions, port: 0, listen: true });
     const port = await sender.listening;
-    child = spawn(command, [...baseArgs, '--chunk', String(chunk), '--connect', String(port)], { stdio: ['ignore', 'pipe', 'inherit'] });
+    child = spawn(command, [...baseArgs, '--chunk', String(chunk), '--connect', String(port)], { stdio });
   } else {
-    child = spawn(command, [...baseArgs, '--chunk', String(chunk), '--port', '0'], { stdio: ['ignore', 'pipe', 'inherit'] });
+    child = spawn(command, [...baseArgs, '--chunk', String(chunk), '--port', '0'], { stdio });
   }
   let stdout = '';
-  /** @type {(port: number) => void} */
-  let onPort = () => undefined;
-  const port = new Promise((resolve) => (onPort = resolve));
+  /** @type {(line: string) => void} */
+  let onReady = () => undefined;
+  const ready = new Promise((resolve) => (onReady = resolve));
   child.stdout.on('data', (data) => {
     stdout += data.toString();
-    const match = /\{"port":(\d+)\}/.exec(stdout);
-    if (match !== null) onPort(Number(match[1]));
+    if (/\{"(port|ready)":/.test(stdout)) onReady(stdout);
   });
   const exited = new Promise((resolve) => child.on('close', resolve));
-  if (!receiver.connects) sender = startSender({ ...senderOptions, port: await port });
+  const firstLine = /** @type {string} */ (await ready);
+  const finishCount = perfWorks ? await countSyscalls(/** @type {number} */ (child.pid)) : null;
+  if (receiver.connects) child.stdin.write('go\n');
+  else sender = startSender({ ...senderOptions, port: Number(/\{"port":(\d+)\}/.exec(firstLine)?.[1]) });
+  child.stdin.end();
   const code = await exited;
+  const syscalls = finishCount === null ? null : await finishCount();
   await /** @type {NonNullable<typeof sender>} */ (sender).done;
   if (code !== 0) throw new Error(`${receiver.name} exited with ${code}`);
   const report = /** @type {Report} */ (JSON.parse(stdout.trim().split('\n').pop() ?? ''));
+  if (syscalls !== null) report.syscalls = syscalls;
   if (report.bytes !== bytes) throw new Error(`${receiver.name} received ${report.bytes} of ${bytes} bytes`);
   return report;
+}
+
+// Syscalls are counted by the kernel (perf's raw_syscalls tracepoint, linux-perf) where
+// that works; otherwise receivers that can count their own report those.
+const perfWorks = spawnSync('perf', ['stat', '-x', ',', '-e', 'raw_syscalls:sys_enter', 'true'], { encoding: 'utf8' }).status === 0;
+
+/** Starts counting the syscalls of `pid`; resolves the count once it exits. @param {number} pid */
+async function countSyscalls(pid) {
+  const file = path.join(os.tmpdir(), `tcpzc-bench-perf-${pid}.csv`);
+  const perf = spawn('perf', ['stat', '-x', ',', '-e', 'raw_syscalls:sys_enter', '-p', String(pid), '-o', file], { stdio: 'ignore' });
+  await new Promise((resolve) => setTimeout(resolve, 150)); // attached before the transfer starts
+  return async () => {
+    if (perf.exitCode === null) perf.kill('SIGINT');
+    await new Promise((resolve) => (perf.exitCode !== null ? resolve(null) : perf.on('close', resolve)));
+    const text = fs.existsSync(file) ? fs.readFileSync(file, 'utf8') : '';
+    fs.rmSync(file, { force: true });
+    const line = text.split('\n').find((l) => l.includes('raw_syscalls:sys_enter'));
+    const count = line === undefined ? Number.NaN : Number(line.split(',')[0]);
+    return Number.isFinite(count) ? count : null;
+  };
 }
 
 /** @param {number[]} xs */
@@ -140,7 +166,10 @@ async function main() {
   const runs = [];
   const total = reps * passes.length * chunks.length * receivers.length;
   const started = Date.now();
-  console.error(`bench: ${sizeName(bytes)} per transfer, ${reps} repetitions, ${total} transfers`);
+  console.error(
+    `bench: ${sizeName(bytes)} per transfer, ${reps} repetitions, ${total} transfers; ` +
+      `syscalls ${perfWorks ? 'counted by perf (raw_syscalls:sys_enter)' : 'self-reported where possible (install linux-perf to count all)'}`,
+  );
   for (let rep = 1; rep <= reps; rep++) {
     for (const pass of passes) {
       for (const chunk of chunks) {
@@ -191,7 +220,17 @@ async function main() {
   }
 
   const targets = evaluateTargets(row);
-  const result = { date: new Date().toISOString(), machine: machine(), bytesPerTransfer: bytes, reps, chunks, rows, targets, runs };
+  const result = {
+    date: new Date().toISOString(),
+    machine: machine(),
+    bytesPerTransfer: bytes,
+    reps,
+    chunks,
+    syscallsCountedBy: perfWorks ? 'perf raw_syscalls:sys_enter, whole receiver process' : 'receivers themselves',
+    rows,
+    targets,
+    runs,
+  };
   fs.mkdirSync(values.out, { recursive: true });
   const stamp = result.date.slice(0, 19).replace(/:/g, '-');
   const base = path.join(values.out, stamp);
