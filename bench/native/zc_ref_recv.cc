@@ -2,8 +2,8 @@
 //
 // The receive loop of the Linux selftest tools/testing/selftests/net/tcp_mmap.c, written anew:
 // SO_RCVLOWAT = chunk, one 2 MiB-aligned mapping of `chunk` bytes reused for every call, and
-// poll -> getsockopt(TCP_ZEROCOPY_RECEIVE) -> read the mapped bytes -> madvise(MADV_DONTNEED)
-// -> read(recv_skip_hint). It is the leanest loop the kernel API allows (no pool, no copybuf),
+// poll -> getsockopt(TCP_ZEROCOPY_RECEIVE) -> read the mapped bytes -> madvise(MADV_DONTNEED) ->
+// recv(recv_skip_hint bytes). It is the leanest loop the kernel API allows (no pool, no copybuf),
 // the yardstick the library's zero-copy path is measured against. Kernel facts: shared/KERNEL.md.
 //
 // usage: zc_ref_recv [--port P] [--chunk N] [--verify SEED]
@@ -19,6 +19,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cinttypes>
 #include <cstdarg>
@@ -235,8 +236,11 @@ int main(int argc, char** argv) {
     socklen_t zclen = sizeof zc;
     syscalls++;
     if (getsockopt(fd, IPPROTO_TCP, kTcpZerocopyReceive, &zc, &zclen) != 0) {
-      if (errno == EIO) break;  // queue empty and FIN received: end of stream
-      die_sys("getsockopt(TCP_ZEROCOPY_RECEIVE)");
+      if (errno != EIO) die_sys("getsockopt(TCP_ZEROCOPY_RECEIVE)");
+      // EIO: nothing queued and FIN received, i.e. end of stream, except that the kernel counts
+      // the queue only up to an urgent mark, so bytes after a last urgent byte would be lost.
+      // Let recv() below confirm (0) or deliver them: one extra call per stream.
+      zc.length = 0;  // the struct is not written back on failure
     }
     // Reading err clears the socket error, after which recv() would report a clean EOF: an RST
     // must be caught here.
@@ -250,23 +254,18 @@ int main(int argc, char** argv) {
       syscalls++;
       if (madvise(region, zc.length, MADV_DONTNEED) != 0) die_sys("madvise");
     }
-    if (zc.recv_skip_hint > 0) {
-      // These bytes are already queued, so the blocking read() returns at once: SO_RCVLOWAT
-      // only makes it wait for min(lowat, requested) bytes.
-      for (size_t left = zc.recv_skip_hint; left > 0;) {
-        syscalls++;
-        const ssize_t n = read(fd, buf, left < chunk ? left : chunk);
-        if (n < 0) die_sys("read");
-        if (n == 0) die(1, "read: EOF within the %u bytes of recv_skip_hint", zc.recv_skip_hint);
-        c.consume(buf, static_cast<size_t>(n));
-        left -= static_cast<size_t>(n);
-      }
-    } else if (zc.length == 0) {
-      // Readable yet nothing mapped or skipped (urgent data stops the mapping): let recv()
-      // consume it. MSG_DONTWAIT because SO_RCVLOWAT would make a blocking recv() wait.
+    // Then the bytes before the next mappable page (recv_skip_hint, already queued; any part
+    // beyond the buffer comes back as the next call's hint), or, when the call did nothing at
+    // all (urgent data stops the mapping), whatever recv() makes of the queue. MSG_DONTWAIT:
+    // poll is the only place the loop waits (with SO_RCVLOWAT a blocking recv() could wait for
+    // bytes that an urgent byte counted in the hint will never provide).
+    const size_t want = zc.recv_skip_hint > 0 ? std::min<size_t>(zc.recv_skip_hint, chunk)
+                        : zc.length == 0     ? chunk
+                                             : 0;
+    if (want > 0) {
       syscalls++;
-      const ssize_t n = recv(fd, buf, chunk, MSG_DONTWAIT);
-      if (n == 0) break;
+      const ssize_t n = recv(fd, buf, want, MSG_DONTWAIT);
+      if (n == 0) break;  // end of stream
       if (n < 0 && errno != EAGAIN) die_sys("recv");
       if (n > 0) c.consume(buf, static_cast<size_t>(n));
     }
