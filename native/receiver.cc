@@ -524,8 +524,11 @@ void Receiver::ZerocopyCycle(Batch* batch) {
   if (rc != 0) {
     err = errno;
     pool_->Commit(slot, 0);
-    if (err == EIO) {  // nothing queued and FIN received: end of stream
-      batch->eof = true;
+    if (err == EIO) {
+      // FIN received and nothing queued, as the kernel counts it: but it counts only up
+      // to a pending urgent mark, so bytes may still follow the urgent byte. recv() steps
+      // over it and tells data from the real end.
+      CopyCycle(batch);
     } else if (mode_ == Mode::kZerocopy) {
       batch->error = err;
       batch->syscall = "getsockopt";

@@ -91,6 +91,21 @@ describe('urgent data', () => {
   });
 });
 
+describe('urgent data at the end', () => {
+  it('delivers the bytes after an urgent byte that arrived together with FIN', async () => {
+    // The kernel counts queued bytes only up to an urgent mark, so at the mark with FIN
+    // in, TCP_ZEROCOPY_RECEIVE says EIO (end) although 20 bytes follow.
+    const bytes = 4 * MiB;
+    const { socket } = await serverAndSender({ bytes, oobAt: [bytes - 20], seed: 42, mss: 4108 });
+    const receiver = attach(socket);
+    await new Promise((resolve) => setTimeout(resolve, 200)); // everything, FIN included, is queued
+    const received = await drain(receiver, 42);
+    expect(received.error).toBeNull();
+    expect(received.bytes).toBe(bytes);
+    socket.destroy();
+  });
+});
+
 describe('the socket around the receiver', () => {
   it('stays writable while receiving', async () => {
     const { server, port, accepted } = await listen();
