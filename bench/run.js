@@ -52,7 +52,7 @@ const chunks = values.chunks.split(',').map(parseSize);
 
 /**
  * @typedef {{ id: string, name: string, kind?: string, bin?: string, connects?: boolean }} ReceiverSpec
- * @typedef {{ bytes: number, mappedBytes: number, cpuUserMs: number, cpuSysMs: number, elapsedMs: number, syscalls: number | null, maxRssKiB: number }} Report
+ * @typedef {{ bytes: number, mappedBytes: number, cpuUserMs: number, cpuSysMs: number, elapsedMs: number, syscalls: number | null, maxRssKiB: number, senderBusyPercent?: number }} Report
  */
 /** @type {ReceiverSpec[]} */
 const allReceivers = [
@@ -105,10 +105,13 @@ async function runOnce(receiver, pass, chunk) {
   child.stdin.end();
   const code = await exited;
   const syscalls = finishCount === null ? null : await finishCount();
-  await /** @type {NonNullable<typeof sender>} */ (sender).done;
+  const sent = await /** @type {NonNullable<typeof sender>} */ (sender).done;
   if (code !== 0) throw new Error(`${receiver.name} exited with ${code}`);
   const report = /** @type {Report} */ (JSON.parse(stdout.trim().split('\n').pop() ?? ''));
   if (syscalls !== null) report.syscalls = syscalls;
+  // How busy the sender was while this receiver received: near 100% means the sender,
+  // not the receiver, set the throughput.
+  report.senderBusyPercent = (100 * (sent.cpuUserMs + sent.cpuSysMs)) / report.elapsedMs;
   if (report.bytes !== bytes) throw new Error(`${receiver.name} received ${report.bytes} of ${bytes} bytes`);
   return report;
 }
@@ -204,6 +207,7 @@ async function main() {
           mappedPercent: median(reports.map((r) => (100 * r.mappedBytes) / r.bytes)),
           syscallsPerGB: syscalls.length > 0 ? median(syscalls.map((s) => (s * 1e9) / bytes)) : null,
           peakRssMiB: Math.max(...reports.map((r) => r.maxRssKiB / 1024)),
+          senderBusyPercent: median(reports.map((r) => r.senderBusyPercent ?? 0)),
         });
       }
     }
@@ -298,14 +302,15 @@ function renderMarkdown(result) {
   ];
   for (const pass of passes) {
     lines.push(`**${pass.name}**`, '');
-    lines.push('| receiver | chunk | CPU ms/GB | GB/s | mapped | syscalls/GB | peak RSS MiB | CPU vs net.Socket | CPU vs C zero-copy |');
-    lines.push('|---|---|---|---|---|---|---|---|---|');
+    lines.push('| receiver | chunk | CPU ms/GB | GB/s | mapped | syscalls/GB | peak RSS MiB | sender busy | CPU vs net.Socket | CPU vs C zero-copy |');
+    lines.push('|---|---|---|---|---|---|---|---|---|---|');
     for (const r of result.rows.filter((/** @type {any} */ x) => x.pass === pass.id)) {
       const range = (/** @type {{median:number,min:number,max:number}} */ v, /** @type {number} */ digits) =>
         `${v.median.toFixed(digits)} (${v.min.toFixed(digits)}-${v.max.toFixed(digits)})`;
       lines.push(
         `| (${r.receiver}) ${r.name} | ${sizeName(r.chunk)} | ${range(r.cpuMsPerGB, 0)} | ${range(r.gbPerSecond, 2)} | ` +
           `${r.mappedPercent.toFixed(1)}% | ${r.syscallsPerGB === null ? 'n/a' : r.syscallsPerGB.toFixed(0)} | ${r.peakRssMiB.toFixed(0)} | ` +
+          `${r.senderBusyPercent.toFixed(0)}% | ` +
           `${r.cpuVsNetSocket === null ? '' : `${r.cpuVsNetSocket.toFixed(2)}x`} | ${r.cpuVsCReference === null ? '' : `${r.cpuVsCReference.toFixed(2)}x`} |`,
       );
     }

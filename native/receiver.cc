@@ -266,6 +266,9 @@ Napi::Value Receiver::Close(const Napi::CallbackInfo& info) {
 Napi::Value Receiver::Drain(const Napi::CallbackInfo& info) {
   if (ended_ || handles_ == nullptr || draining_) return info.Env().Undefined();
   draining_ = true;
+  // Only what is queued now: the peer does not know the socket is gone (our dup keeps it
+  // open) and may go on sending for ever.
+  drain_budget_ = QueuedBytes(handles_->fd);
   wants_data_ = true;
   UpdateHold();
   StopPolling();
@@ -354,13 +357,14 @@ bool Receiver::RunCycle(int status) {
   if (status < 0 && !pollerr) {
     batch.error = -status;
     batch.syscall = "poll";
+  } else if (draining_) {
+    DrainCycle(&batch);
   } else if (zerocopy_) {
     ZerocopyCycle(&batch);
   } else {
     CopyCycle(&batch);
   }
-  // Draining: nothing more is queued, so this is the end.
-  if (draining_ && batch.Empty() && !batch.abandoned) batch.eof = true;
+
   if (batch.eof && pending_error_ != 0) {
     // A reset seen while data was still queued is reported once that data is delivered.
     batch.eof = false;
@@ -605,6 +609,25 @@ void Receiver::ReadCopied(Batch* batch, size_t prefix_len, size_t recv_len) {
     }
   }
   AddCopied(batch, buffer, length);
+}
+
+// While draining: copy out at most what was queued when Node closed the socket, then end
+// with the socket's pending error, if any.
+void Receiver::DrainCycle(Batch* batch) {
+  if (drain_budget_ > 0) {
+    size_t before = batch->bytes;
+    ReadCopied(batch, 0, std::min(drain_budget_, chunk_size_));
+    size_t got = batch->bytes - before;
+    drain_budget_ = got > 0 ? drain_budget_ - std::min(got, drain_budget_) : 0;
+    if (got > 0 || batch->error != 0 || batch->abandoned) return;
+  }
+  int err = 0;
+  socklen_t len = sizeof(err);
+  if (getsockopt(handles_->fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err != 0) {
+    batch->error = err;
+  } else {
+    batch->eof = true;
+  }
 }
 
 void Receiver::CopyCycle(Batch* batch) {

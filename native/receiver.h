@@ -61,6 +61,7 @@ class Receiver : public Napi::ObjectWrap<Receiver>, private PoolWaiter {
   void Shutdown();
   void ZerocopyCycle(Batch* batch);
   void CopyCycle(Batch* batch);
+  void DrainCycle(Batch* batch);
   void ReadCopied(Batch* batch, size_t prefix_len, size_t recv_len);
   void AddMapped(Batch* batch, MappedChunk* chunk);
   void AddCopied(Batch* batch, napi_value buffer, size_t length);
@@ -84,6 +85,7 @@ class Receiver : public Napi::ObjectWrap<Receiver>, private PoolWaiter {
   bool wants_data_ = false;     // JS asked for data (start) and has not said stop
   bool held_ = false;           // wrapper referenced strongly: JS waits for our callback
   bool draining_ = false;       // socket closed by Node: deliver what is queued, then end
+  size_t drain_budget_ = 0;     // bytes queued when draining began
   bool polling_ = false;
   bool waiting_for_pool_ = false;
   bool ended_ = false;
