@@ -8,7 +8,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 
 import { native } from '../src/binding';
 import { attach, configure, type AttachOptions } from '../src/index';
-import { startSender, type Sender } from '../src/testing';
+import { PatternChecker, startSender, type Sender } from '../src/testing';
 import { connectPaused, drain, listen, MiB } from './helpers';
 
 const servers: net.Server[] = [];
@@ -212,5 +212,84 @@ describe('connected clients work too', () => {
       chunk.release();
     }
     expect(bytes).toBe(10000);
+  });
+});
+
+describe('wrong states', () => {
+  async function stream(bytes: number, seed: number) {
+    const { server, port, accepted } = await listen();
+    servers.push(server);
+    const sender = startSender({ port, bytes, seed, mss: 4108 });
+    senders.push(sender);
+    const socket = await accepted;
+    sockets.push(socket);
+    return socket;
+  }
+
+  it('read() after close() returns null; close() twice does nothing; stats stay readable', async () => {
+    const receiver = attach(await stream(4 * MiB, 111));
+    (await receiver.read())?.release();
+    receiver.close();
+    receiver.close();
+    expect(await receiver.read()).toBeNull();
+    expect(receiver.stats.bytesMapped + receiver.stats.bytesCopied).toBeGreaterThan(0);
+  });
+
+  it('release() after close(), after the socket is gone, and twice: harmless, and the pages are freed', async () => {
+    const socket = await stream(8 * MiB, 112);
+    const receiver = attach(socket);
+    const first = (await receiver.read()) as NonNullable<Awaited<ReturnType<typeof receiver.read>>>;
+    const second = (await receiver.read()) as typeof first;
+    receiver.close();
+    first.release();
+    socket.destroy();
+    second.release();
+    second.release();
+    expect(first.data.length).toBe(0);
+    expect(second.data.length).toBe(0);
+  });
+
+  it('concurrent read() calls get consecutive chunks, in order', async () => {
+    const receiver = attach(await stream(16 * MiB, 113), { chunkSize: 256 * 1024 });
+    const checker = new PatternChecker(113);
+    for (;;) {
+      const batch = await Promise.all([receiver.read(), receiver.read(), receiver.read()]);
+      for (const chunk of batch) {
+        if (chunk === null) continue;
+        checker.check(chunk.data);
+        chunk.release();
+      }
+      if (batch.includes(null)) break;
+    }
+    expect(checker.offset).toBe(16 * MiB);
+  });
+
+  it('a stream error rejects one read, later reads return null', async () => {
+    const { server, port, accepted } = await listen();
+    servers.push(server);
+    const sender = startSender({ port, bytes: 4 * MiB, rstAfter: 100_000, seed: 114, mss: 4108 });
+    senders.push(sender);
+    const socket = await accepted;
+    sockets.push(socket);
+    const receiver = attach(socket);
+    await sender.done;
+    const received = await drain(receiver, 114);
+    expect(received.error?.code).toBe('ECONNRESET');
+    expect(await receiver.read()).toBeNull();
+  });
+
+  it('readable() twice throws ERR_TCPZC_ALREADY_READABLE; after close() it just ends', async () => {
+    const receiver = attach(await stream(MiB, 115));
+    receiver.close();
+    const readable = receiver.readable();
+    expectCoded(() => receiver.readable(), Error, 'ERR_TCPZC_ALREADY_READABLE', /already called/);
+    const pieces: Buffer[] = [];
+    for await (const piece of readable) pieces.push(piece as Buffer);
+    expect(pieces).toEqual([]);
+  });
+
+  it('startSender() with bad options: the sender refuses, done rejects', async () => {
+    const sender = startSender({ port: 1, bytes: -5 });
+    await expect(sender.done).rejects.toThrow(/exited with 2/);
   });
 });
