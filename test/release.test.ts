@@ -1,3 +1,4 @@
+import * as fs from 'node:fs';
 import * as net from 'node:net';
 
 import { afterEach, describe, expect, it } from 'vitest';
@@ -124,6 +125,22 @@ describe.skipIf(!supported)('release', () => {
       recheck.check(chunk.data);
       chunk.release();
     }
+    socket.destroy();
+  });
+});
+
+describe.skipIf(!supported)('isolation', () => {
+  it('every TCP mapping is read-only and shared (r--s): JS cannot change received pages', async () => {
+    const { receiver, socket } = await zerocopyStream(8 * MiB, 25);
+    const chunk = await firstMappedChunk(receiver);
+    const maps = fs
+      .readFileSync('/proc/self/maps', 'utf8')
+      .split('\n')
+      .filter((line) => line.includes('socket:['));
+    expect(maps.length).toBeGreaterThan(0);
+    for (const line of maps) expect(line.split(/\s+/)[1]).toBe('r--s');
+    chunk.release();
+    receiver.close();
     socket.destroy();
   });
 });
