@@ -4,21 +4,14 @@ import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 
 import { native } from '../src/binding';
 import { attach, configure, type AttachOptions } from '../src/index';
-import { PatternChecker, startSender, type Sender } from '../src/testing';
-import { connectPaused, drain, listen, MiB } from './helpers';
+import { PatternChecker, startSender } from '../src/testing';
+import { connectPaused, drain, listen, loopbackFixture, MiB } from './helpers';
 
-const servers: net.Server[] = [];
-const sockets: net.Socket[] = [];
-const senders: Sender[] = [];
-afterEach(() => {
-  for (const socket of sockets.splice(0)) socket.destroy();
-  for (const server of servers.splice(0)) server.close();
-  for (const sender of senders.splice(0)) sender.stop();
-});
+const { servers, sockets, senders } = loopbackFixture();
 
 async function acceptedSocket(): Promise<{ socket: net.Socket; port: number }> {
   const { server, port, accepted } = await listen();

@@ -1,26 +1,13 @@
 import { once } from 'node:events';
 import * as net from 'node:net';
 
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 
 import { attach, poolStats, probe } from '../src/index';
-import { fillPattern, startSender, type Sender } from '../src/testing';
-import { drain, listen, MiB } from './helpers';
+import { fillPattern } from '../src/testing';
+import { drain, listen, loopbackFixture, MiB } from './helpers';
 
-const servers: net.Server[] = [];
-const senders: Sender[] = [];
-afterEach(() => {
-  for (const server of servers.splice(0)) server.close();
-  for (const sender of senders.splice(0)) sender.stop();
-});
-
-async function serverAndSender(options: Omit<Parameters<typeof startSender>[0], 'port'>) {
-  const { server, port, accepted } = await listen();
-  servers.push(server);
-  const sender = startSender({ port, ...options });
-  senders.push(sender);
-  return { sender, socket: await accepted };
-}
+const { servers, serverAndSender } = loopbackFixture();
 
 describe('end of stream', () => {
   it('ends iteration at FIN, after the last byte, and read() keeps returning null', async () => {

@@ -2,26 +2,13 @@
 import { once } from 'node:events';
 import * as net from 'node:net';
 
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 
 import { attach } from '../src/index';
-import { fillPattern, PatternChecker, startSender, type Sender } from '../src/testing';
-import { drain, listen, MiB, openFdCount } from './helpers';
+import { fillPattern, PatternChecker, startSender } from '../src/testing';
+import { drain, listen, loopbackFixture, MiB, openFdCount } from './helpers';
 
-const servers: net.Server[] = [];
-const senders: Sender[] = [];
-afterEach(() => {
-  for (const server of servers.splice(0)) server.close();
-  for (const sender of senders.splice(0)) sender.stop();
-});
-
-async function serverAndSender(options: Omit<Parameters<typeof startSender>[0], 'port'>) {
-  const { server, port, accepted } = await listen();
-  servers.push(server);
-  const sender = startSender({ port, ...options });
-  senders.push(sender);
-  return { sender, socket: await accepted };
-}
+const { servers, serverAndSender } = loopbackFixture();
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 

@@ -2,8 +2,10 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { once } from 'node:events';
 import * as net from 'node:net';
 
-import type { Chunk, ZeroCopyReceiver } from '../src/index';
-import { PatternChecker } from '../src/testing';
+import { afterEach } from 'vitest';
+
+import { attach, type AttachOptions, type Chunk, type ZeroCopyReceiver } from '../src/index';
+import { PatternChecker, startSender, type Sender, type SenderOptions } from '../src/testing';
 
 /** A loopback server whose accepted sockets have not started reading. */
 export async function listen(): Promise<{ server: net.Server; port: number; accepted: Promise<net.Socket> }> {
@@ -93,4 +95,39 @@ export async function mapLimit<T, R>(items: T[], limit: number, task: (item: T) 
   });
   await Promise.all(workers);
   return results;
+}
+
+/**
+ * What a test file starts on loopback, cleaned up after each test: servers closed,
+ * sockets destroyed, native senders killed (tests that stop reading early make a sender
+ * fail on purpose).
+ */
+export function loopbackFixture() {
+  const servers: net.Server[] = [];
+  const senders: Sender[] = [];
+  const sockets: net.Socket[] = [];
+  afterEach(() => {
+    for (const socket of sockets.splice(0)) socket.destroy();
+    for (const server of servers.splice(0)) server.close();
+    for (const sender of senders.splice(0)) sender.stop();
+  });
+
+  /** A pauseOnConnect server with the native sender connected to it. */
+  async function serverAndSender(options: Omit<SenderOptions, 'port'>): Promise<{ sender: Sender; socket: net.Socket }> {
+    const { server, port, accepted } = await listen();
+    servers.push(server);
+    const sender = startSender({ port, ...options });
+    senders.push(sender);
+    const socket = await accepted;
+    sockets.push(socket);
+    return { sender, socket };
+  }
+
+  /** A MSG_ZEROCOPY stream at MSS 4108 of `bytes`, attached with `options`. */
+  async function zerocopyStream(bytes: number, seed: number, options: AttachOptions = {}) {
+    const { sender, socket } = await serverAndSender({ bytes, seed, mss: 4108 });
+    return { receiver: attach(socket, options), socket, sender };
+  }
+
+  return { servers, senders, sockets, serverAndSender, zerocopyStream };
 }

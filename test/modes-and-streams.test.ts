@@ -1,31 +1,18 @@
 import { once } from 'node:events';
 import * as fs from 'node:fs';
-import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { pipeline } from 'node:stream/promises';
 
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 
 import { attach, poolStats, probe } from '../src/index';
 import { Receiver, socketCopySource } from '../src/receiver';
-import { PatternChecker, startSender, type Sender } from '../src/testing';
-import { drain, listen, MiB } from './helpers';
+import { PatternChecker, startSender } from '../src/testing';
+import { drain, listen, loopbackFixture, MiB } from './helpers';
 
-const servers: net.Server[] = [];
-const senders: Sender[] = [];
-afterEach(() => {
-  for (const server of servers.splice(0)) server.close();
-  for (const sender of senders.splice(0)) sender.stop();
-});
-
-async function zerocopyStream(bytes: number, seed: number) {
-  const { server, port, accepted } = await listen();
-  servers.push(server);
-  const sender = startSender({ port, bytes, seed, mss: 4108 });
-  senders.push(sender);
-  return { socket: await accepted, sender };
-}
+const { servers, senders, serverAndSender } = loopbackFixture();
+const zerocopyStream = (bytes: number, seed: number) => serverAndSender({ bytes, seed, mss: 4108 });
 
 describe('modes', () => {
   it("'copy' never maps", async () => {

@@ -3,18 +3,13 @@ import * as net from 'node:net';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 
 import { attach, configure, poolStats, probe, type Chunk, type ZeroCopyReceiver } from '../src/index';
-import { PatternChecker, startSender, type Sender } from '../src/testing';
-import { drain, listen, mapLimit, MiB, openFdCount, socketMappingCount, socketMappingRss } from './helpers';
+import { PatternChecker, startSender } from '../src/testing';
+import { drain, loopbackFixture, mapLimit, MiB, openFdCount, socketMappingCount, socketMappingRss } from './helpers';
 
 const DEFAULT_CAP = 64 * MiB;
-const servers: net.Server[] = [];
-const senders: Sender[] = [];
+const { servers, senders, zerocopyStream } = loopbackFixture();
 beforeEach(() => configure({ maxPinnedBytes: DEFAULT_CAP }));
-afterEach(() => {
-  for (const server of servers.splice(0)) server.close();
-  for (const sender of senders.splice(0)) sender.stop();
-  configure({ maxPinnedBytes: DEFAULT_CAP });
-});
+afterEach(() => configure({ maxPinnedBytes: DEFAULT_CAP }));
 
 /** A pauseOnConnect server that hands every connection to `onSocket`. */
 async function server(onSocket: (socket: net.Socket) => void): Promise<number> {
@@ -25,14 +20,6 @@ async function server(onSocket: (socket: net.Socket) => void): Promise<number> {
   return (srv.address() as net.AddressInfo).port;
 }
 
-async function zerocopyStream(bytes: number, seed: number, options: Parameters<typeof attach>[1] = {}) {
-  const { server: srv, port, accepted } = await listen();
-  servers.push(srv);
-  const sender = startSender({ port, bytes, seed, mss: 4108 });
-  senders.push(sender);
-  const socket = await accepted;
-  return { receiver: attach(socket, options), socket, sender };
-}
 
 describe.skipIf(!probe().supported)('the shared page pool', () => {
   it('caps pinned memory under a consumer that never releases; data keeps flowing as copies', async () => {

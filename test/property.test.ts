@@ -3,18 +3,13 @@
 // TCPZC_SEED=<seed> npm test -- test/property.test.ts runs that one case again.
 import * as net from 'node:net';
 
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 
 import { attach, poolStats, type Chunk } from '../src/index';
-import { fillPattern, PatternChecker, startSender, type Sender } from '../src/testing';
-import { listen, MiB } from './helpers';
+import { fillPattern, PatternChecker, startSender } from '../src/testing';
+import { listen, loopbackFixture, MiB } from './helpers';
 
-const servers: net.Server[] = [];
-const senders: Sender[] = [];
-afterEach(() => {
-  for (const server of servers.splice(0)) server.close();
-  for (const sender of senders.splice(0)) sender.stop();
-});
+const { servers, senders } = loopbackFixture();
 
 /** xorshift32: small, seedable, the same sequence on every machine. */
 function generator(seed: number): { next(): number; int(min: number, max: number): number } {

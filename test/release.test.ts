@@ -1,31 +1,17 @@
 import * as fs from 'node:fs';
-import * as net from 'node:net';
 
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 
 import { attach, poolStats, probe, type Chunk } from '../src/index';
-import { PatternChecker, startSender, type Sender } from '../src/testing';
-import { listen, MiB, socketMappingRss } from './helpers';
+import { PatternChecker } from '../src/testing';
+import { loopbackFixture, MiB, socketMappingRss } from './helpers';
 
-const servers: net.Server[] = [];
-const senders: Sender[] = [];
-afterEach(() => {
-  for (const server of servers.splice(0)) server.close();
-  // These tests stop reading early; the sender then sees a reset, which is expected.
-  for (const sender of senders.splice(0)) sender.stop();
-});
+const fixture = loopbackFixture();
 
 const supported = probe().supported;
 
-/** Starts a MSG_ZEROCOPY stream and returns its receiver. */
-async function zerocopyStream(bytes: number, seed: number, chunkSize = MiB) {
-  const { server, port, accepted } = await listen();
-  servers.push(server);
-  const sender = startSender({ port, bytes, seed, mss: 4108 });
-  senders.push(sender);
-  const socket = await accepted;
-  return { receiver: attach(socket, { chunkSize }), socket, sender };
-}
+const zerocopyStream = (bytes: number, seed: number, chunkSize = MiB) =>
+  fixture.zerocopyStream(bytes, seed, { chunkSize });
 
 async function firstMappedChunk(receiver: ReturnType<typeof attach>): Promise<Chunk> {
   for (;;) {

@@ -10,148 +10,32 @@
 // Listens on 127.0.0.1:P (0 = ephemeral), prints {"port":N}, accepts one connection, receives
 // until EOF, prints one JSON line of statistics. Exit 0 success, 1 error, 2 usage error.
 
-#include <arpa/inet.h>
 #include <getopt.h>
-#include <netinet/in.h>
 #include <poll.h>
 #include <sys/mman.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cinttypes>
-#include <cstdarg>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <ctime>
+
+#include "../../native/kernel.h"
+#include "ref_common.h"
 
 namespace {
 
-const char kProg[] = "zc_ref_recv";
-constexpr size_t kPage = 4096;
+using namespace refbench;
+
 constexpr size_t kMapAlign = 2u << 20;  // the selftest's map_align
-constexpr size_t kLine = 64;
-constexpr uint64_t kMaxChunk = 1u << 30;  // zc.length is a u32
 
-// glibc's <netinet/tcp.h> has a 16-byte version of this struct that clashes with <linux/tcp.h>,
-// so the Linux 6.x layout is defined here.
-constexpr int kTcpZerocopyReceive = 35;
-struct ZcReceive {
-  uint64_t address;         // in: page-aligned start inside a TCP mapping
-  uint32_t length;          // in: bytes wanted; out: bytes mapped
-  uint32_t recv_skip_hint;  // out: bytes before the next mappable page, to read()
-  uint32_t inq;             // out: bytes still queued
-  int32_t err;              // out: pending socket error as -errno, cleared by reading it
-  uint64_t copybuf_address;
-  int32_t copybuf_len;
-  uint32_t flags;
-  uint64_t msg_control;
-  uint64_t msg_controllen;
-  uint32_t msg_flags;
-  uint32_t reserved;
-};
-static_assert(sizeof(ZcReceive) == 64, "Linux 6.x struct tcp_zerocopy_receive");
-
-[[noreturn]] void die(int status, const char* fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  fprintf(stderr, "%s: ", kProg);
-  vfprintf(stderr, fmt, ap);
-  va_end(ap);
-  fputc('\n', stderr);
-  exit(status);
-}
-
-[[noreturn]] void die_sys(const char* call) { die(1, "%s: %s", call, strerror(errno)); }
-
-// Decimal or 0x-hex in [min, max]; with `suffix`, an optional binary K or M.
-uint64_t parse_num(const char* opt, const char* s, uint64_t min, uint64_t max, bool suffix) {
-  char* end;
-  errno = 0;
-  uint64_t v = strtoull(s, &end, 0);
-  if (errno != 0 || end == s || *s == '-') die(2, "invalid value for --%s: '%s'", opt, s);
-  if (suffix && (*end == 'K' || *end == 'k' || *end == 'M' || *end == 'm')) {
-    const int shift = (*end++ & ~0x20) == 'K' ? 10 : 20;
-    v = v > (max >> shift) ? max + 1 : v << shift;
-  }
-  if (*end != '\0') die(2, "invalid value for --%s: '%s'", opt, s);
-  if (v < min || v > max) die(2, "value for --%s out of range: '%s'", opt, s);
-  return v;
-}
-
-// "Received means read": every byte delivered, mapped or copied, is looked at. Touching one
-// byte per 64-byte line pulls every cache line in (and, for mapped pages, walks the fresh page
-// table entries) at the least cost a real consumer could pay. Buffers given to consume() start
-// page aligned, so a stride of 64 from the start hits every line once. The checksum is printed,
-// so the compiler cannot drop the loads.
-struct Consumer {
-  bool verify = false;
-  uint32_t seed = 0;
-  uint64_t offset = 0;  // stream offset of the next byte = bytes received so far
-  uint64_t checksum = 0;
-
-  void consume(const uint8_t* p, size_t n) {
-    if (verify) {
-      for (size_t j = 0; j < n; j++) {
-        const uint64_t i = offset + j;
-        const uint32_t word = (static_cast<uint32_t>(i / 4) ^ seed) * 0x9E3779B1u;
-        const uint8_t want = static_cast<uint8_t>(word >> (8 * (i % 4)));
-        if (p[j] != want) {
-          die(1, "data mismatch at stream offset %" PRIu64 ": got 0x%02x, expected 0x%02x", i,
-              p[j], want);
-        }
-        checksum += p[j];
-      }
-    } else {
-      for (size_t j = 0; j < n; j += kLine) checksum += p[j];
-    }
-    offset += n;
-  }
-};
-
-struct Sample {
-  timespec wall;
-  rusage ru;
-};
-
-Sample sample() {
-  Sample s;
-  clock_gettime(CLOCK_MONOTONIC, &s.wall);
-  getrusage(RUSAGE_SELF, &s.ru);
-  return s;
-}
-
-double tv_ms(const timeval& a, const timeval& b) {
-  return (b.tv_sec - a.tv_sec) * 1e3 + (b.tv_usec - a.tv_usec) / 1e3;
-}
-
-// Listens on 127.0.0.1:port, announces the port and returns the one accepted connection.
-int listen_and_accept(uint16_t port) {
-  const int ls = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (ls < 0) die_sys("socket");
-  const int one = 1;
-  if (setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0) {
-    die_sys("setsockopt(SO_REUSEADDR)");
-  }
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(port);
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (bind(ls, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) die_sys("bind");
-  if (listen(ls, 1) != 0) die_sys("listen");
-  socklen_t len = sizeof addr;
-  if (getsockname(ls, reinterpret_cast<sockaddr*>(&addr), &len) != 0) die_sys("getsockname");
-  printf("{\"port\":%u}\n", ntohs(addr.sin_port));
-  fflush(stdout);
-  const int fd = accept4(ls, nullptr, nullptr, SOCK_CLOEXEC);
-  if (fd < 0) die_sys("accept");
-  close(ls);
-  return fd;
-}
+// The addon's own definition of the kernel struct (glibc's clashes with <linux/tcp.h>).
+using ZcReceive = tcpzc::ZerocopyReceive;
+using tcpzc::kTcpZerocopyReceive;
 
 // A `chunk`-byte TCP mapping starting on a 2 MiB boundary, as the selftest does: the range
 // then spans as few page-table pages as possible, which keeps the kernel's zap of it cheap.
@@ -176,12 +60,13 @@ void usage(FILE* out) {
           "  --chunk N      bytes per receive and SO_RCVLOWAT, a multiple of 4096,\n"
           "                 K/M suffixes (default 512K)\n"
           "  --verify SEED  check every byte against the zc_sender pattern of SEED\n",
-          kProg);
+          g_prog);
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
+  g_prog = "zc_ref_recv";
   uint16_t port = 0;
   size_t chunk = 512 * 1024;
   Consumer c;
@@ -271,14 +156,5 @@ int main(int argc, char** argv) {
     }
   }
 
-  const Sample end = sample();
-  const double elapsed_ms =
-      (end.wall.tv_sec - start.wall.tv_sec) * 1e3 + (end.wall.tv_nsec - start.wall.tv_nsec) / 1e6;
-  printf("{\"bytes\":%" PRIu64 ",\"mappedBytes\":%" PRIu64
-         ",\"cpuUserMs\":%.3f,\"cpuSysMs\":%.3f,\"elapsedMs\":%.3f,\"syscalls\":%" PRIu64
-         ",\"maxRssKiB\":%ld,\"checksum\":%" PRIu64 "}\n",
-         c.offset, mapped, tv_ms(start.ru.ru_utime, end.ru.ru_utime),
-         tv_ms(start.ru.ru_stime, end.ru.ru_stime), elapsed_ms, syscalls, end.ru.ru_maxrss,
-         c.checksum);
-  return fflush(stdout) == 0 ? 0 : 1;
+  return print_report(start, sample(), c, mapped, syscalls);
 }
