@@ -110,6 +110,11 @@ type Waiter = { resolve(chunk: Chunk | null): void; reject(error: Error): void }
 /** Chunks queued ahead of the reader before receiving pauses. */
 const READ_AHEAD = 2;
 
+/**
+ * The ZeroCopyReceiver behind attach(): a queue of chunks in stream order fed by a
+ * ChunkSource (the native receiver, or the socket's own reads without the addon), with
+ * flow control (the source runs only while a read waits or the read-ahead has room).
+ */
 export class Receiver implements ZeroCopyReceiver {
   readonly #source: ChunkSource;
   readonly #socket: net.Socket;
