@@ -41,6 +41,7 @@ constexpr size_t kMaxChunkSize = 64u << 20;
 // NIC without header split): copy for a while instead of asking the kernel each time.
 constexpr unsigned kZeroMapStreakLimit = 8;
 constexpr unsigned kCopyOnlyCycles = 256;
+constexpr unsigned kMaxDrainMarkSteps = 16;
 
 void OnHandleClosed(uv_handle_t* handle) {
   auto* handles = static_cast<UvHandles*>(handle->data);
@@ -173,20 +174,23 @@ Receiver::Receiver(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Receiver>(
   }
   pool_ = addon->pool();
 
-  // Our own descriptor: libuv allows one watcher per fd per loop, and Node's TCP handle
-  // watches the original whenever a write has to wait.
-  int dup_fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
-  if (dup_fd < 0) throw ErrnoError(env, errno, "dup");
-
-  auto* handles = new UvHandles;
-  handles->fd = dup_fd;
-  handles->owner = this;
+  // The callback lives on the wrapper, not in a persistent reference: a persistent would
+  // root the JS receiver (and its socket) for ever through the callback's closure.
+  napi_property_descriptor on_event = {"onEvent", nullptr, nullptr, nullptr, nullptr, info[2], napi_default, nullptr};
+  if (napi_define_properties(env, info.This(), 1, &on_event) != napi_ok) throw Napi::Error::New(env);
+  async_context_ = std::make_unique<Napi::AsyncContext>(env, "TcpZeroCopyReceiver");
   uv_loop_t* loop = nullptr;
   if (napi_get_uv_event_loop(env, &loop) != napi_ok || loop == nullptr) {
-    close(dup_fd);
-    delete handles;
     throw Napi::Error::New(env, "no libuv loop for this environment");
   }
+
+  // Our own descriptor: libuv allows one watcher per fd per loop, and Node's TCP handle
+  // watches the original whenever a write has to wait. Nothing below may throw once the
+  // handles exist: they point back at this object.
+  int dup_fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (dup_fd < 0) throw ErrnoError(env, errno, "dup");
+  auto* handles = new UvHandles;
+  handles->fd = dup_fd;
   int rc = uv_poll_init_socket(loop, &handles->poll, dup_fd);
   if (rc != 0) {
     close(dup_fd);
@@ -197,14 +201,9 @@ Receiver::Receiver(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Receiver>(
   uv_unref(reinterpret_cast<uv_handle_t*>(&handles->timer));
   handles->poll.data = handles;
   handles->timer.data = handles;
+  handles->owner = this;
   handles_ = handles;
   napi_add_async_cleanup_hook(env, OnEnvCleanup, handles, &handles->cleanup_hook);
-
-  // The callback lives on the wrapper, not in a persistent reference: a persistent would
-  // root the JS receiver (and its socket) for ever through the callback's closure.
-  napi_property_descriptor on_event = {"onEvent", nullptr, nullptr, nullptr, nullptr, info[2], napi_default, nullptr};
-  if (napi_define_properties(env, info.This(), 1, &on_event) != napi_ok) throw Napi::Error::New(env);
-  async_context_ = std::make_unique<Napi::AsyncContext>(env, "TcpZeroCopyReceiver");
   // Batch wake-ups to a chunk while data flows; the flush timer lowers it when it stalls.
   SetLowWater(flush_delay_ms_ > 0 ? static_cast<int>(chunk_size_) : 1);
 }
@@ -276,6 +275,9 @@ Napi::Value Receiver::Drain(const Napi::CallbackInfo& info) {
     pool_->CancelWait(this);
     waiting_for_pool_ = false;
   }
+  // The drain runs on the timer, which must now keep the loop alive (libuv >= 1.48 runs a
+  // timer re-armed from its own callback on the next turn of the loop).
+  uv_ref(reinterpret_cast<uv_handle_t*>(&handles_->timer));
   uv_timer_start(&handles_->timer, ReceiverCallbacks::OnTimer, 0, 0);
   return info.Env().Undefined();
 }
@@ -327,7 +329,7 @@ void Receiver::OnTimer() {
 
 void Receiver::RunDrain() {
   // Bounded per turn of the loop; the timer comes back for the rest.
-  for (int cycles = 0; cycles < 64; cycles++) {
+  for (int cycles = 0; cycles < 16; cycles++) {
     if (ended_ || handles_ == nullptr) return;
     if (!RunCycle(0)) return;
   }
@@ -390,6 +392,14 @@ bool Receiver::RunCycle(int status) {
 // node-addon-api aborts the process when a call fails while a worker is terminating.
 void Receiver::Deliver(Batch* batch) {
   napi_env env = Env();
+  // Take the wrapper and its callback first: after Shutdown() below the wrapper is only
+  // weakly held, and the allocations that follow could let a collection take it.
+  napi_value receiver;
+  napi_value callback;
+  if (napi_get_reference_value(env, Napi::Reference<Napi::Object>::operator napi_ref(), &receiver) != napi_ok ||
+      receiver == nullptr || napi_get_named_property(env, receiver, "onEvent", &callback) != napi_ok) {
+    return;
+  }
   bool final = batch->eof || batch->error != 0;
   if (final) Shutdown();
 
@@ -404,12 +414,6 @@ void Receiver::Deliver(Batch* batch) {
   argv[2] = batch->error != 0 ? CreateErrnoError(env, batch->error, batch->syscall) : nullptr;
   if (argv[2] == nullptr && napi_get_null(env, &argv[2]) != napi_ok) return;
   if (napi_get_boolean(env, batch->eof, &argv[3]) != napi_ok) return;
-  napi_value receiver;
-  napi_value callback;
-  if (napi_get_reference_value(env, Napi::Reference<Napi::Object>::operator napi_ref(), &receiver) != napi_ok ||
-      receiver == nullptr || napi_get_named_property(env, receiver, "onEvent", &callback) != napi_ok) {
-    return;
-  }
   napi_value result;
   napi_status status = napi_make_callback(env, *async_context_, receiver, callback, 4, argv, &result);
   if (status == napi_pending_exception) {
@@ -614,6 +618,16 @@ void Receiver::ReadCopied(Batch* batch, size_t prefix_len, size_t recv_len) {
 // While draining: copy out at most what was queued when Node closed the socket, then end
 // with the socket's pending error, if any.
 void Receiver::DrainCycle(Batch* batch) {
+  // The queue count stops at a pending urgent mark: step over the urgent byte (recv does)
+  // and count again. Bounded, so a peer sending urgent bytes cannot keep us draining.
+  int at_mark = 0;
+  if (drain_budget_ == 0 && drain_mark_steps_ < kMaxDrainMarkSteps &&
+      ioctl(handles_->fd, SIOCATMARK, &at_mark) == 0 && at_mark != 0) {
+    drain_mark_steps_++;
+    ReadCopied(batch, 0, chunk_size_);
+    drain_budget_ = QueuedBytes(handles_->fd);
+    if (batch->count > 0 || batch->error != 0 || batch->abandoned) return;
+  }
   if (drain_budget_ > 0) {
     size_t before = batch->bytes;
     ReadCopied(batch, 0, std::min(drain_budget_, chunk_size_));

@@ -86,6 +86,7 @@ class Receiver : public Napi::ObjectWrap<Receiver>, private PoolWaiter {
   bool held_ = false;           // wrapper referenced strongly: JS waits for our callback
   bool draining_ = false;       // socket closed by Node: deliver what is queued, then end
   size_t drain_budget_ = 0;     // bytes queued when draining began
+  unsigned drain_mark_steps_ = 0;
   bool polling_ = false;
   bool waiting_for_pool_ = false;
   bool ended_ = false;

@@ -4,7 +4,7 @@ import * as net from 'node:net';
 import { describe, expect, it } from 'vitest';
 
 import { attach, poolStats, probe } from '../src/index';
-import { fillPattern } from '../src/testing';
+import { fillPattern, PatternChecker } from '../src/testing';
 import { drain, listen, loopbackFixture, MiB } from './helpers';
 
 const { servers, serverAndSender } = loopbackFixture();
@@ -190,6 +190,47 @@ describe('the socket closed by Node', () => {
     const received = await drain(receiver, 40);
     expect(received.error).toBeNull();
     expect(received.bytes).toBe(50_000);
+    client.destroy();
+  });
+});
+
+describe('the socket closed by Node, draining', () => {
+  it('destroy() in front of an urgent byte still delivers the bytes queued behind it', async () => {
+    // The kernel's queue count stops at the urgent mark; the drain must step over it.
+    const { socket } = await serverAndSender({ bytes: 6000, oobAt: [3000], lingerMs: 2000, seed: 43, mode: 'plain' });
+    const receiver = attach(socket, { chunkSize: 4096 });
+    await new Promise((resolve) => setTimeout(resolve, 200)); // all 6000 bytes queued, no FIN
+    socket.destroy();
+    const received = await drain(receiver, 43);
+    expect(received.error).toBeNull();
+    expect(received.bytes).toBe(6000);
+  });
+
+  it('a long drain (many small chunks, several turns of the loop) runs to its end', async () => {
+    const { server, port, accepted } = await listen();
+    servers.push(server);
+    const client = net.connect({ port, host: '127.0.0.1' });
+    const socket = await accepted;
+    const receiver = attach(socket, { chunkSize: 4096 });
+    const first = await (async () => {
+      const payload = Buffer.alloc(4096);
+      fillPattern(payload, 0, 44);
+      client.write(payload);
+      return receiver.read();
+    })();
+    // Queue what the receive window takes without reading.
+    const rest = Buffer.alloc(1_000_000);
+    fillPattern(rest, 4096, 44);
+    client.write(rest);
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    socket.destroy();
+    const checker = new PatternChecker(44);
+    checker.check(first?.data ?? Buffer.alloc(0));
+    first?.release();
+    const received = await drain(receiver, checker);
+    expect(received.error).toBeNull();
+    // More than one turn of the drain loop (16 chunks a turn).
+    expect(received.chunks).toBeGreaterThan(16);
     client.destroy();
   });
 });
