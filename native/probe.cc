@@ -22,6 +22,12 @@ std::string Describe(const char* what, int err) {
 void Probe(KernelFeatures* out) {
   struct utsname uts;
   if (uname(&uts) == 0) out->kernel = uts.release;
+  // Slots, alignment and the copybuf size assume 4 KiB pages (arm64 may run 16 or 64 KiB).
+  long page_size = sysconf(_SC_PAGESIZE);
+  if (page_size != static_cast<long>(kPageSize)) {
+    out->reason = "page size " + std::to_string(page_size) + " (only 4096 is supported)";
+    return;
+  }
 
   int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, IPPROTO_TCP);
   if (fd < 0) fd = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, IPPROTO_TCP);
