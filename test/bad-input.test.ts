@@ -11,17 +11,7 @@ import { attach, configure, type AttachOptions } from '../src/index';
 import { PatternChecker, startSender } from '../src/testing';
 import { connectPaused, drain, listen, loopbackFixture, MiB } from './helpers';
 
-const { servers, sockets, senders } = loopbackFixture();
-
-async function acceptedSocket(): Promise<{ socket: net.Socket; port: number }> {
-  const { server, port, accepted } = await listen();
-  servers.push(server);
-  const client = net.connect({ port, host: '127.0.0.1' });
-  sockets.push(client);
-  const socket = await accepted;
-  sockets.push(socket);
-  return { socket, port };
-}
+const { servers, sockets, senders, serverAndClient: acceptedSocket } = loopbackFixture();
 
 function expectCoded(fn: () => unknown, Class: ErrorConstructor, code: string, message: RegExp): void {
   let thrown: unknown;

@@ -1,13 +1,12 @@
 import { once } from 'node:events';
-import * as net from 'node:net';
 
 import { describe, expect, it } from 'vitest';
 
 import { attach, poolStats, probe } from '../src/index';
 import { fillPattern, PatternChecker } from '../src/testing';
-import { drain, listen, loopbackFixture, MiB } from './helpers';
+import { drain, loopbackFixture, MiB } from './helpers';
 
-const { servers, serverAndSender } = loopbackFixture();
+const { serverAndSender, serverAndClient } = loopbackFixture();
 
 describe('end of stream', () => {
   it('ends iteration at FIN, after the last byte, and read() keeps returning null', async () => {
@@ -95,10 +94,7 @@ describe('urgent data at the end', () => {
 
 describe('the socket around the receiver', () => {
   it('stays writable while receiving', async () => {
-    const { server, port, accepted } = await listen();
-    servers.push(server);
-    const client = net.connect({ port, host: '127.0.0.1' });
-    const socket = await accepted;
+    const { client, socket } = await serverAndClient();
     const receiver = attach(socket, { chunkSize: 64 * 1024 });
     let acks = '';
     client.on('data', (data: Buffer) => (acks += data.toString()));
@@ -156,10 +152,7 @@ describe('the socket around the receiver', () => {
 
 describe('the socket closed by Node', () => {
   it('a failed write closes the socket: queued bytes still arrive, then an error, never a clean end', async () => {
-    const { server, port, accepted } = await listen();
-    servers.push(server);
-    const client = net.connect({ port, host: '127.0.0.1' });
-    const socket = await accepted;
+    const { client, socket } = await serverAndClient();
     socket.on('error', () => undefined); // the write below fails; that is the point
     const receiver = attach(socket, { chunkSize: 64 * 1024 });
     const payload = Buffer.alloc(50_000); // within the initial window: all of it is queued
@@ -176,10 +169,7 @@ describe('the socket closed by Node', () => {
   });
 
   it('destroy() with bytes still queued delivers them, then ends', async () => {
-    const { server, port, accepted } = await listen();
-    servers.push(server);
-    const client = net.connect({ port, host: '127.0.0.1' });
-    const socket = await accepted;
+    const { client, socket } = await serverAndClient();
     const receiver = attach(socket, { chunkSize: 64 * 1024 });
     // Less than the initial receive window: all of it is queued in our kernel.
     const payload = Buffer.alloc(50_000);
@@ -207,10 +197,7 @@ describe('the socket closed by Node, draining', () => {
   });
 
   it('a long drain (many small chunks, several turns of the loop) runs to its end', async () => {
-    const { server, port, accepted } = await listen();
-    servers.push(server);
-    const client = net.connect({ port, host: '127.0.0.1' });
-    const socket = await accepted;
+    const { client, socket } = await serverAndClient();
     const receiver = attach(socket, { chunkSize: 4096 });
     const first = await (async () => {
       const payload = Buffer.alloc(4096);

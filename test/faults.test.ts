@@ -1,6 +1,5 @@
 // Faults a real network and a real peer produce, each with its expected result.
 import { once } from 'node:events';
-import * as net from 'node:net';
 
 import { describe, expect, it } from 'vitest';
 
@@ -8,16 +7,13 @@ import { attach } from '../src/index';
 import { fillPattern, PatternChecker, startSender } from '../src/testing';
 import { drain, listen, loopbackFixture, MiB, openFdCount } from './helpers';
 
-const { servers, serverAndSender } = loopbackFixture();
+const { serverAndSender, serverAndClient } = loopbackFixture();
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
 describe('faults', () => {
   it('peer half-closes while we keep writing back: we get all its bytes and it gets all of ours', async () => {
-    const { server, port, accepted } = await listen();
-    servers.push(server);
-    const client = net.connect({ port, host: '127.0.0.1' });
-    const socket = await accepted;
+    const { client, socket } = await serverAndClient();
     const receiver = attach(socket, { chunkSize: 256 * 1024 });
     const upload = Buffer.alloc(8 * MiB);
     fillPattern(upload, 0, 101);

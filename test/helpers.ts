@@ -123,11 +123,22 @@ export function loopbackFixture() {
     return { sender, socket };
   }
 
+  /** A pauseOnConnect server with a plain net.Socket client connected to it. */
+  async function serverAndClient(): Promise<{ client: net.Socket; socket: net.Socket }> {
+    const { server, port, accepted } = await listen();
+    servers.push(server);
+    const client = net.connect({ port, host: '127.0.0.1' });
+    sockets.push(client);
+    const socket = await accepted;
+    sockets.push(socket);
+    return { client, socket };
+  }
+
   /** A MSG_ZEROCOPY stream at MSS 4108 of `bytes`, attached with `options`. */
   async function zerocopyStream(bytes: number, seed: number, options: AttachOptions = {}) {
     const { sender, socket } = await serverAndSender({ bytes, seed, mss: 4108 });
     return { receiver: attach(socket, options), socket, sender };
   }
 
-  return { servers, senders, sockets, serverAndSender, zerocopyStream };
+  return { servers, senders, sockets, serverAndSender, serverAndClient, zerocopyStream };
 }

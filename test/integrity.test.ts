@@ -1,15 +1,12 @@
 import * as net from 'node:net';
 
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 
 import { attach, probe } from '../src/index';
 import { fillPattern, startSender } from '../src/testing';
-import { connectPaused, drain, listen, MiB } from './helpers';
+import { connectPaused, drain, listen, loopbackFixture, MiB } from './helpers';
 
-const servers: net.Server[] = [];
-afterEach(() => {
-  for (const server of servers.splice(0)) server.close();
-});
+const { servers, serverAndClient } = loopbackFixture();
 
 describe('stream integrity', () => {
   it('maps >= 95% of a 256 MiB MSG_ZEROCOPY stream at MSS 4108, every byte right', async () => {
@@ -87,10 +84,7 @@ describe('stream integrity', () => {
   });
 
   it('hands out data before the stream ends when less than a chunk arrives', async () => {
-    const { server, port, accepted } = await listen();
-    servers.push(server);
-    const client = net.connect({ port, host: '127.0.0.1' });
-    const socket = await accepted;
+    const { client, socket } = await serverAndClient();
     const receiver = attach(socket, { chunkSize: 4 * MiB });
     const payload = Buffer.alloc(100);
     fillPattern(payload, 0, 14);
