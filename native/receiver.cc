@@ -517,14 +517,11 @@ void Receiver::ZerocopyCycle(Batch* batch) {
   zc.length = static_cast<uint32_t>(slot.length);
   if (features.copybuf) {
     zc.flags = kTlbCleanHint;  // pool slots never hold pages
-    // The copybuf saves a recv() for short queues, but when the slot fills up before the
-    // queue ends the kernel also copies up to copybuf_len bytes of the *mappable* data
-    // that follows, and the stream no longer lines up with pages. So offer it only while
-    // woken for small amounts (low water 1), never while full chunks are flowing.
-    if (low_water_is_one_) {
-      zc.copybuf_address = reinterpret_cast<uintptr_t>(pool_->copybuf());
-      zc.copybuf_len = kCopybufSize;
-    }
+    // No copybuf, although it would save a recv() for short runs: the kernel copies its
+    // leftovers without looking for an urgent mark (tcp_copy_straggler_data), so an OOB
+    // byte lands in the stream (seen here in 1 of 6 runs of the urgent-data test); and
+    // when the slot fills first it copies mappable bytes and misaligns the stream.
+    // recv() steps over the mark as Node would.
   }
   socklen_t optlen = features.struct_size;
   stats_.zerocopy_calls++;
