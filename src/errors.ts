@@ -11,3 +11,11 @@ export function codedError(
   error.code = code;
   return error;
 }
+
+/** The error an aborted operation rejects with, shaped like Node's own AbortError. */
+export function abortError(reason: unknown): CodedError {
+  const error = new Error('tcp-zerocopy: the operation was aborted', { cause: reason }) as CodedError;
+  error.name = 'AbortError';
+  error.code = 'ABORT_ERR';
+  return error;
+}

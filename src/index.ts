@@ -8,11 +8,27 @@
  */
 import * as net from 'node:net';
 
-import { native, nativeLoadError, NativeMode, NativePoolFull, type NativeProbe } from './binding';
-import { codedError } from './errors';
-import { Receiver, socketCopySource, type Chunk, type ReceiverStats, type ZeroCopyReceiver } from './receiver';
+import {
+  native,
+  nativeLoadError,
+  NativeMode,
+  NativePoolFull,
+  type NativeEventHandler,
+  type NativeProbe,
+  type NativeReceiver,
+} from './binding';
+import { abortError, codedError } from './errors';
+import {
+  Receiver,
+  socketCopySource,
+  type Chunk,
+  type PipeToOptions,
+  type ReceiverStats,
+  type ZeroCopyReceiver,
+} from './receiver';
+import { copySocketLifecycle, nativeSocketLifecycle } from './socket-lifecycle';
 
-export type { Chunk, ReceiverStats, ZeroCopyReceiver };
+export type { Chunk, PipeToOptions, ReceiverStats, ZeroCopyReceiver };
 
 /** Kernel and runtime features zero-copy receive depends on. */
 export interface ProbeFeatures {
@@ -72,6 +88,11 @@ export interface AttachOptions {
    * (default 20). 0 delivers every wake-up at once (lower latency, smaller chunks).
    */
   flushDelayMs?: number;
+  /**
+   * Aborting it stops the stream as leaving a `for await` early does: queued chunks are
+   * freed, pending reads reject with an AbortError, and the socket is destroyed.
+   */
+  signal?: AbortSignal;
 }
 
 /** Pinned-memory settings of this environment's page pool. */
@@ -98,7 +119,7 @@ const DEFAULT_CHUNK_SIZE = 1 << 20;
 const MIN_CHUNK_SIZE = 4096;
 const MAX_CHUNK_SIZE = 64 << 20;
 const DEFAULT_FLUSH_DELAY_MS = 20;
-const OPTION_NAMES = new Set(['chunkSize', 'mode', 'whenPoolFull', 'flushDelayMs']);
+const OPTION_NAMES = new Set(['chunkSize', 'mode', 'whenPoolFull', 'flushDelayMs', 'signal']);
 
 let cachedProbe: ProbeResult | null = null;
 
@@ -172,8 +193,11 @@ interface SocketInternals {
 /**
  * Starts receiving from `socket`: a connected net.Socket that has not started reading
  * (accepted by `net.createServer({ pauseOnConnect: true })`, or paused before it
- * connected). From then on the receiver owns the socket's reading side; writes still
- * work. Throws at once for anything else.
+ * connected). From then on the receiver owns the socket's reading side and drives it as
+ * Node would: 'end' once the reader has taken the end of the stream (then, unless
+ * allowHalfOpen, the socket ends its side after pending writes, and closes), destroy on
+ * a socket error or when the reader leaves early; bytesRead and setTimeout() count
+ * received data. Writes keep working. Throws at once for anything else, socket untouched.
  */
 export function attach(socket: net.Socket, options: AttachOptions = {}): ZeroCopyReceiver {
   if (!(socket instanceof net.Socket)) {
@@ -199,6 +223,7 @@ export function attach(socket: net.Socket, options: AttachOptions = {}): ZeroCop
     );
   }
 
+  if (settings.signal?.aborted === true) throw abortError(settings.signal.reason);
   if (settings.mode === 'zerocopy' && !probe().supported) {
     throw codedError(Error, 'ERR_TCPZC_UNSUPPORTED', `zero-copy receive unavailable: ${probe().reason}`);
   }
@@ -216,8 +241,12 @@ export function attach(socket: net.Socket, options: AttachOptions = {}): ZeroCop
       flushDelayMs: settings.flushDelayMs,
     };
     try {
-      receiver = new Receiver(socket, (onEvent) => new Native(fd, nativeOptions, onEvent), {
+      const source = (onEvent: NativeEventHandler): NativeReceiver => new Native(fd, nativeOptions, onEvent);
+      // The source first: if the addon refuses the fd, the socket is left untouched.
+      receiver = new Receiver(socket, source, {
         waitsForPool: settings.whenPoolFull === 'wait',
+        signal: settings.signal,
+        lifecycle: nativeSocketLifecycle,
       });
     } catch (error) {
       throw explainNativeError(error);
@@ -227,7 +256,10 @@ export function attach(socket: net.Socket, options: AttachOptions = {}): ZeroCop
     handle.readStart = () => 0;
   } else {
     const reason = probe().reason ?? 'native addon not loaded';
-    receiver = new Receiver(socket, (onEvent) => socketCopySource(socket, onEvent, reason));
+    receiver = new Receiver(socket, (onEvent) => socketCopySource(socket, onEvent, reason), {
+      signal: settings.signal,
+      lifecycle: copySocketLifecycle,
+    });
   }
   attachedSockets.add(socket);
   return receiver;
@@ -238,6 +270,7 @@ interface Settings {
   mode: 'auto' | 'zerocopy' | 'copy';
   whenPoolFull: 'copy' | 'wait';
   flushDelayMs: number;
+  signal: AbortSignal | undefined;
 }
 
 function checkOptions(options: AttachOptions): Settings {
@@ -271,7 +304,11 @@ function checkOptions(options: AttachOptions): Settings {
       `flushDelayMs must be an integer from 0 to 3600000, got ${String(flushDelayMs)}`,
     );
   }
-  return { chunkSize, mode, whenPoolFull, flushDelayMs };
+  const { signal } = options;
+  if (signal !== undefined && !(signal instanceof AbortSignal)) {
+    throw codedError(TypeError, 'ERR_INVALID_ARG_TYPE', 'signal must be an AbortSignal');
+  }
+  return { chunkSize, mode, whenPoolFull, flushDelayMs, signal };
 }
 
 /** Native attach errors name a syscall; say what they mean for the caller. */

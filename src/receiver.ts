@@ -1,11 +1,12 @@
 import type * as net from 'node:net';
-import { Readable } from 'node:stream';
+import { finished, Readable, type Writable } from 'node:stream';
 
 import { native, type NativeEventHandler, type NativeReceiverStats } from './binding';
-import { codedError } from './errors';
+import { abortError, codedError } from './errors';
+import type { SocketLifecycle } from './socket-lifecycle';
 
-/** A received piece of the stream, in order. */
-export interface Chunk {
+/** A received piece of the stream, in order. `using chunk = ...` releases it at scope exit. */
+export interface Chunk extends Disposable {
   /**
    * The bytes. Over pages mapped from the kernel when `mapped` is true (no copy was made),
    * otherwise a Buffer of copied bytes. Reads as length 0 after `release()`.
@@ -15,10 +16,13 @@ export interface Chunk {
   readonly mapped: boolean;
   /**
    * Gives the memory back (MADV_DONTNEED for mapped chunks) and empties `data` and every
-   * view of it. Idempotent. Do not release a chunk whose Buffer is still queued in a
-   * `socket.write()` or `fs.write()`: Node reads it later and would fail with EFAULT.
+   * view of it. Idempotent. Do not release a chunk whose Buffer is still in use by an
+   * asynchronous operation (`socket.write()`, `fs.write()`, `zlib.gzip()`, ...): release
+   * it in that operation's callback, or use `receiver.pipeTo()`.
    */
   release(): void;
+  /** Same as release(), for `using`. */
+  [Symbol.dispose](): void;
 }
 
 /** Counters for one receiver. */
@@ -47,14 +51,40 @@ export interface ReceiverStats {
   fallbackReason: string | null;
 }
 
-/** Receives one TCP stream as chunks. `for await (const chunk of receiver)` reads to the end. */
-export interface ZeroCopyReceiver extends AsyncIterable<Chunk> {
+/** Options of `receiver.pipeTo()`. */
+export interface PipeToOptions {
+  /** End the destination after the last chunk (default true). */
+  end?: boolean;
+}
+
+/**
+ * Receives one TCP stream as chunks. `for await (const chunk of receiver)` reads to the
+ * end; leaving the loop early (break, return, throw) closes the receiver and destroys the
+ * socket, as leaving a Readable's iterator does.
+ */
+export interface ZeroCopyReceiver extends AsyncIterable<Chunk>, AsyncDisposable {
   /** The next chunk, or null at the end of the stream. Rejects once with a socket error. */
   read(): Promise<Chunk | null>;
   /** Counters so far. */
   readonly stats: ReceiverStats;
-  /** Stops receiving, frees queued chunks and ends pending reads with null. Idempotent. */
+  /**
+   * Stops receiving, frees queued and read-ahead chunks and ends pending reads with null.
+   * Before the end of the stream was read it also destroys the socket (nobody can read
+   * it any more); after it the socket is left as it is. Chunks already taken stay valid
+   * until released. Idempotent.
+   */
   close(): void;
+  /** close(), for `await using`. */
+  [Symbol.asyncDispose](): Promise<void>;
+  /**
+   * Writes every chunk to `destination` and releases each one in its write callback (once
+   * the destination is done with the memory), waits for 'drain' when write() returns
+   * false, and ends the destination after the last chunk. Resolves when the destination
+   * has finished; rejects with the first error of either side (the receiver is closed
+   * and the destination destroyed, as stream.pipeline() does). Pinned memory stays
+   * bounded by the destination's highWaterMark, without waiting for the garbage collector.
+   */
+  pipeTo(destination: Writable, options?: PipeToOptions): Promise<void>;
   /**
    * The stream as a Readable of Buffers, for `stream.pipeline()`. Mapped chunks are not
    * released by hand: each is released when the last reference to its Buffer is dropped,
@@ -92,6 +122,10 @@ class ReceivedChunk implements Chunk {
     return this.#data;
   }
 
+  [Symbol.dispose](): void {
+    this.release();
+  }
+
   release(): void {
     if (this.#released) return;
     this.#released = true;
@@ -110,6 +144,19 @@ type Waiter = { resolve(chunk: Chunk | null): void; reject(error: Error): void }
 /** Chunks queued ahead of the reader before receiving pauses. */
 const READ_AHEAD = 2;
 
+/** What attach() hands the Receiver besides its source. */
+export interface ReceiverOptions {
+  /** whenPoolFull: 'wait' (readable() refuses it). */
+  waitsForPool?: boolean;
+  /**
+   * Takes over what the socket needs from its reading side ('end', destroy, bytesRead,
+   * timeouts); called once the source exists, so a failed attach leaves the socket as it was.
+   */
+  lifecycle: (socket: net.Socket) => SocketLifecycle;
+  /** Aborting closes the receiver and destroys the socket; pending reads reject. */
+  signal?: AbortSignal | undefined;
+}
+
 /**
  * The ZeroCopyReceiver behind attach(): a queue of chunks in stream order fed by a
  * ChunkSource (the native receiver, or the socket's own reads without the addon), with
@@ -118,13 +165,16 @@ const READ_AHEAD = 2;
 export class Receiver implements ZeroCopyReceiver {
   readonly #source: ChunkSource;
   readonly #socket: net.Socket;
+  readonly #lifecycle: SocketLifecycle;
   readonly #queue: ReceivedChunk[] = [];
   readonly #waiters: Waiter[] = [];
-  #ended = false;
+  #ended = false; // the source is done: nothing after the queue but #error or null
+  #endTaken = false; // the reader got null or the error: the stream is over for it
   #error: Error | null = null;
   #receiving = false;
   #finalStats: NativeReceiverStats | null = null;
   #readable = false;
+  #piping = false;
   #closeError: Error | null = null;
   readonly #onSocketClose = (): void => {
     // Node closed the socket: destroy(), or a failed write. The native source still
@@ -134,26 +184,34 @@ export class Receiver implements ZeroCopyReceiver {
     if (this.#source.drain !== undefined) this.#source.drain();
     else this.#finish(this.#closeError);
   };
+  readonly #signal: AbortSignal | undefined;
+  readonly #onAbort = (): void => this.#abort();
 
   readonly #waitsForPool: boolean;
 
-  constructor(
-    socket: net.Socket,
-    makeSource: (onEvent: NativeEventHandler) => ChunkSource,
-    options: { waitsForPool?: boolean } = {},
-  ) {
+  constructor(socket: net.Socket, makeSource: (onEvent: NativeEventHandler) => ChunkSource, options: ReceiverOptions) {
     this.#socket = socket;
     this.#waitsForPool = options.waitsForPool === true;
     this.#source = makeSource(this.#onEvent);
+    this.#lifecycle = options.lifecycle(socket);
     socket.once('close', this.#onSocketClose);
+    this.#signal = options.signal;
+    this.#signal?.addEventListener('abort', this.#onAbort, { once: true });
   }
 
   readonly #onEvent: NativeEventHandler = (chunks, mappedMask, error, eof) => {
+    let bytes = 0;
     for (let i = 0; i < chunks.length; i++) {
       this.#queue.push(new ReceivedChunk(chunks[i], (mappedMask & (1 << i)) !== 0));
+      bytes += chunks[i].length;
     }
-    if (error !== null) this.#finish(error);
-    else if (eof) this.#finish(this.#closeError);
+    if (bytes > 0) this.#lifecycle.received(bytes);
+    if (error !== null) {
+      this.#finish(error);
+      this.#lifecycle.failed(error);
+    } else if (eof) {
+      this.#finish(this.#closeError);
+    }
     this.#settleWaiters();
     this.#adjustFlow();
   };
@@ -188,12 +246,11 @@ export class Receiver implements ZeroCopyReceiver {
   }
 
   close(): void {
-    this.#finish(null);
-    // Whatever is still queued, the reader no longer wants: chunks nobody read would pin
-    // pages until collected, and a pending error is moot.
-    for (const chunk of this.#queue.splice(0)) chunk.release();
-    this.#error = null;
-    this.#settleWaiters();
+    this.#stop(null);
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    this.close();
   }
 
   readable(): Readable {
@@ -219,6 +276,7 @@ export class Receiver implements ZeroCopyReceiver {
         );
       },
       destroy: (error, callback): void => {
+        // After the end this only frees what is left; before it, the socket goes too.
         this.close();
         callback(error);
       },
@@ -226,11 +284,104 @@ export class Receiver implements ZeroCopyReceiver {
     return stream;
   }
 
+  async pipeTo(destination: Writable, options: PipeToOptions = {}): Promise<void> {
+    if (
+      typeof destination !== 'object' ||
+      destination === null ||
+      typeof destination.write !== 'function' ||
+      typeof destination.end !== 'function' ||
+      typeof destination.on !== 'function'
+    ) {
+      throw codedError(TypeError, 'ERR_INVALID_ARG_TYPE', 'pipeTo(destination): destination must be a Writable stream');
+    }
+    if (typeof options !== 'object' || options === null) {
+      throw codedError(TypeError, 'ERR_INVALID_ARG_TYPE', 'pipeTo(destination, options): options must be an object');
+    }
+    const endDestination = options.end ?? true;
+    if (this.#piping || this.#readable) {
+      throw codedError(Error, 'ERR_TCPZC_ALREADY_PIPING', 'pipeTo() and readable() take the whole stream, once');
+    }
+    this.#piping = true;
+
+    let failure: Error | null = null;
+    let wake: (() => void) | null = null;
+    let ending = false;
+    const fail = (error: Error): void => {
+      if (failure !== null) return;
+      failure = error;
+      // A read may be waiting for data that never comes: stop the stream now.
+      this.#stop(error);
+      wake?.();
+    };
+    // Errors and an early close of the destination, whenever they happen.
+    const stopWatching = finished(destination, { readable: false }, (error) => {
+      if (error !== undefined && error !== null) fail(error);
+      else if (!ending) fail(codedError(Error, 'ERR_STREAM_PREMATURE_CLOSE', 'pipeTo(): the destination closed early'));
+      else wake?.();
+    });
+    const until = (ready: (resolve: () => void) => () => void): Promise<void> =>
+      new Promise<void>((resolve) => {
+        const done = (): void => {
+          wake = null;
+          stopWaiting();
+          resolve();
+        };
+        let stopWaiting = (): void => {};
+        wake = done;
+        stopWaiting = ready(done);
+      });
+
+    try {
+      for await (const chunk of this) {
+        if (failure !== null) throw failure;
+        // Released once the destination reports the write done (or failed): only then
+        // is Node finished with the memory.
+        const flowing = destination.write(chunk.data, (error) => {
+          chunk.release();
+          if (error !== undefined && error !== null) fail(error);
+        });
+        if (!flowing && failure === null) {
+          await until((resolve) => {
+            destination.once('drain', resolve);
+            return () => destination.removeListener('drain', resolve);
+          });
+        }
+        if (failure !== null) throw failure;
+      }
+      if (endDestination) {
+        ending = true;
+        if (failure === null && !destination.writableFinished) {
+          await until((resolve) => {
+            destination.end(resolve);
+            return () => {};
+          });
+        }
+      }
+      if (failure !== null) throw failure;
+    } catch (error) {
+      // As stream.pipeline(): either side failing takes both down (the loop closed us).
+      if (typeof destination.destroy === 'function' && !destination.destroyed) destination.destroy(error as Error);
+      throw error;
+    } finally {
+      stopWatching();
+    }
+  }
+
   async *[Symbol.asyncIterator](): AsyncIterator<Chunk> {
-    for (;;) {
-      const chunk = await this.read();
-      if (chunk === null) return;
-      yield chunk;
+    let complete = false;
+    try {
+      for (;;) {
+        const chunk = await this.read();
+        if (chunk === null) {
+          complete = true;
+          return;
+        }
+        yield chunk;
+      }
+    } finally {
+      // Left early (break, return, throw in the loop body, a stream error): as for a
+      // Readable's iterator, nothing reads this stream any more.
+      if (!complete) this.close();
     }
   }
 
@@ -239,6 +390,11 @@ export class Receiver implements ZeroCopyReceiver {
     const chunk = this.#queue.shift();
     if (chunk !== undefined) return Promise.resolve(chunk);
     const error = this.#error;
+    if (!this.#endTaken) {
+      this.#endTaken = true;
+      this.#signal?.removeEventListener('abort', this.#onAbort);
+      if (error === null) this.#lifecycle.ended();
+    }
     if (error !== null) {
       this.#error = null; // reported once; later reads see the end
       return Promise.reject(error);
@@ -264,6 +420,28 @@ export class Receiver implements ZeroCopyReceiver {
       this.#receiving = false;
       this.#source.stop();
     }
+  }
+
+  #abort(): void {
+    if (this.#endTaken) return;
+    this.#stop(abortError(this.#signal?.reason));
+  }
+
+  /**
+   * The reader is done before the end (close(), abort, early exit): frees every queued
+   * and read-ahead chunk at once and lets the socket go; pending reads get `reason` (once)
+   * or null.
+   */
+  #stop(reason: Error | null): void {
+    const early = !this.#endTaken;
+    this.#endTaken = true; // no 'end' for the socket: the reader did not read to it
+    this.#signal?.removeEventListener('abort', this.#onAbort);
+    for (const chunk of this.#queue.splice(0)) chunk.release();
+    // A pending stream error is moot now; `reason` takes its place.
+    if (this.#ended) this.#error = reason;
+    else this.#finish(reason);
+    if (early) this.#lifecycle.abandoned();
+    this.#settleWaiters();
   }
 
   /** Ends the stream: no more chunks after those queued, then `error` (if any), then null. */

@@ -8,8 +8,10 @@ import { attach, type AttachOptions, type Chunk, type ZeroCopyReceiver } from '.
 import { PatternChecker, startSender, type Sender, type SenderOptions } from '../src/testing';
 
 /** A loopback server whose accepted sockets have not started reading. */
-export async function listen(): Promise<{ server: net.Server; port: number; accepted: Promise<net.Socket> }> {
-  const server = net.createServer({ pauseOnConnect: true });
+export async function listen(
+  options: { allowHalfOpen?: boolean } = {},
+): Promise<{ server: net.Server; port: number; accepted: Promise<net.Socket> }> {
+  const server = net.createServer({ pauseOnConnect: true, ...options });
   const accepted = once(server, 'connection').then(([socket]) => socket as net.Socket);
   server.listen(0, '127.0.0.1');
   await once(server, 'listening');
@@ -124,14 +126,16 @@ export function loopbackFixture() {
   }
 
   /** A pauseOnConnect server with a plain net.Socket client connected to it. */
-  async function serverAndClient(): Promise<{ client: net.Socket; socket: net.Socket }> {
-    const { server, port, accepted } = await listen();
+  async function serverAndClient(
+    options: { allowHalfOpen?: boolean } = {},
+  ): Promise<{ client: net.Socket; socket: net.Socket; server: net.Server }> {
+    const { server, port, accepted } = await listen(options);
     servers.push(server);
     const client = net.connect({ port, host: '127.0.0.1' });
     sockets.push(client);
     const socket = await accepted;
     sockets.push(socket);
-    return { client, socket };
+    return { client, socket, server };
   }
 
   /** A MSG_ZEROCOPY stream at MSS 4108 of `bytes`, attached with `options`. */

@@ -8,6 +8,7 @@ import { describe, expect, it } from 'vitest';
 
 import { attach, poolStats, probe } from '../src/index';
 import { Receiver, socketCopySource } from '../src/receiver';
+import { copySocketLifecycle } from '../src/socket-lifecycle';
 import { PatternChecker, startSender } from '../src/testing';
 import { drain, listen, loopbackFixture, MiB } from './helpers';
 
@@ -61,7 +62,9 @@ describe('without the native addon', () => {
     senders.push(sender);
     const socket = await accepted;
     // What attach() builds where the addon cannot load (macOS, no toolchain).
-    const receiver = new Receiver(socket, (onEvent) => socketCopySource(socket, onEvent, 'no addon (test)'));
+    const receiver = new Receiver(socket, (onEvent) => socketCopySource(socket, onEvent, 'no addon (test)'), {
+      lifecycle: copySocketLifecycle,
+    });
     const received = await drain(receiver, 74);
     expect(received.error).toBeNull();
     expect(received.bytes).toBe(32 * MiB);
