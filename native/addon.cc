@@ -12,12 +12,14 @@ constexpr double kDefaultMaxPinnedBytes = 64.0 * 1024 * 1024;
 constexpr double kMaxPinnedBytesLimit = 64.0 * 1024 * 1024 * 1024;
 
 // Electron and other V8-sandbox builds refuse Buffers over foreign memory; ask once.
+// Only that answer means no: any other failure comes from an environment that is
+// stopping (a load inside a terminating worker), where the answer no longer matters.
 bool ProbeExternalBuffers(Napi::Env env) {
   static char probe_byte = 0;
   napi_value buffer;
   napi_status status =
       napi_create_external_buffer(env, 1, &probe_byte, nullptr, nullptr, &buffer);
-  return status == napi_ok;
+  return status != napi_no_external_buffers_allowed;
 }
 
 }  // namespace

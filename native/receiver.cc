@@ -445,7 +445,17 @@ void Receiver::AddMapped(Batch* batch, MappedChunk* chunk) {
     stats_.chunks_mapped++;
     return;
   }
-  // The runtime refuses external Buffers (V8 sandbox): copy, and stop mapping.
+  if (status != napi_no_external_buffers_allowed) {
+    // The environment is going away. Do not touch the chunk: Node 20 creates the
+    // finalizer (whose hint is the chunk) before the steps that can fail during teardown,
+    // so Node may already own it and will free it itself. Freeing it here too would free
+    // it twice. If Node did not take it, it leaks (with its pool's mappings) until the
+    // process ends: rare, and only in an environment that is being torn down.
+    batch->abandoned = true;
+    return;
+  }
+  // The runtime refuses external Buffers (V8 sandbox). It says so before creating any
+  // finalizer, so the chunk is certainly still ours: copy it, free it, and stop mapping.
   napi_value copy = nullptr;
   size_t length = chunk->length;
   status = napi_create_buffer_copy(env, length, chunk->address, nullptr, &copy);
