@@ -13,6 +13,7 @@
 #include <cstring>
 
 #include "addon.h"
+#include "chunk_tag.h"
 #include "errors.h"
 #include "kernel.h"
 #include "probe.h"
@@ -437,6 +438,11 @@ void Receiver::AddMapped(Batch* batch, MappedChunk* chunk) {
       },
       chunk, &buffer);
   if (status == napi_ok) {
+    if (!TagChunk(env, buffer)) {
+      // The environment is stopping. The Buffer owns the chunk now; its finalizer frees it.
+      batch->abandoned = true;
+      return;
+    }
     batch->chunks[batch->count] = buffer;
     batch->mapped[batch->count] = true;
     batch->count++;
@@ -461,7 +467,7 @@ void Receiver::AddMapped(Batch* batch, MappedChunk* chunk) {
   status = napi_create_buffer_copy(env, length, chunk->address, nullptr, &copy);
   pool_->Release(chunk);
   delete chunk;
-  if (status != napi_ok) {
+  if (status != napi_ok || !TagChunk(env, copy)) {
     batch->abandoned = true;  // the environment is going away
     return;
   }
@@ -621,6 +627,11 @@ void Receiver::ReadCopied(Batch* batch, size_t prefix_len, size_t recv_len) {
       batch->abandoned = true;
       return;
     }
+  }
+  // Tagged once, the Buffer that JS gets.
+  if (!TagChunk(env, buffer)) {
+    batch->abandoned = true;
+    return;
   }
   AddCopied(batch, buffer, length);
 }
