@@ -166,6 +166,7 @@ Receiver::Receiver(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Receiver>(
   }
 
   Addon* addon = env.GetInstanceData<Addon>();
+  if (addon == nullptr) throw Napi::Error::New(env, "tcp-zerocopy: addon not initialized in this environment");
   const KernelFeatures& features = ProbeKernel();
   external_buffers_ = addon->external_buffers_allowed();
   zerocopy_ = mode_ != Mode::kCopy && features.supported && external_buffers_;
@@ -187,7 +188,7 @@ Receiver::Receiver(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Receiver>(
 
   // Our own descriptor: libuv allows one watcher per fd per loop, and Node's TCP handle
   // watches the original whenever a write has to wait. Nothing below may throw once the
-  // handles exist: they point back at this object.
+  // handles exist (they point back at this object), unless they are closed first.
   int dup_fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
   if (dup_fd < 0) throw ErrnoError(env, errno, "dup");
   auto* handles = new UvHandles;
@@ -204,7 +205,13 @@ Receiver::Receiver(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Receiver>(
   handles->timer.data = handles;
   handles->owner = this;
   handles_ = handles;
-  napi_add_async_cleanup_hook(env, OnEnvCleanup, handles, &handles->cleanup_hook);
+  // Without the hook an environment stopping with the handles open would abort the
+  // process ("uv_loop_close() while having open handles"): no hook, no receiver.
+  if (napi_add_async_cleanup_hook(env, OnEnvCleanup, handles, &handles->cleanup_hook) != napi_ok) {
+    handles->cleanup_hook = nullptr;
+    CloseHandles(handles);  // detaches this object first
+    throw Napi::Error::New(env, "tcp-zerocopy: napi_add_async_cleanup_hook failed");
+  }
   // Batch wake-ups to a chunk while data flows; the flush timer lowers it when it stalls.
   SetLowWater(flush_delay_ms_ > 0 ? static_cast<int>(chunk_size_) : 1);
 }
