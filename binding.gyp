@@ -20,7 +20,13 @@
           "defines": [
             "NAPI_VERSION=8",
             "NODE_ADDON_API_DISABLE_DEPRECATED",
-            "NAPI_CPP_EXCEPTIONS"
+            "NAPI_CPP_EXCEPTIONS",
+            # Once an environment stops (worker terminate(), process.exit() in a worker),
+            # a C++ exception from a failed Node-API call cannot be rethrown to JS; without
+            # this node-addon-api throws again from its catch handler and std::terminate()
+            # aborts the whole process. With it the exception is dropped (nothing in JS
+            # can see it any more).
+            "NODE_API_SWALLOW_UNTHROWABLE_EXCEPTIONS"
           ],
           "cflags!": ["-fno-exceptions"],
           "cflags_cc!": ["-fno-exceptions", "-std=gnu++17", "-std=gnu++1y", "-std=gnu++20"],

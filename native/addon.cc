@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "chunk_tag.h"
 #include "probe.h"
 #include "receiver.h"
 
@@ -12,12 +13,27 @@ constexpr double kDefaultMaxPinnedBytes = 64.0 * 1024 * 1024;
 constexpr double kMaxPinnedBytesLimit = 64.0 * 1024 * 1024 * 1024;
 
 // Electron and other V8-sandbox builds refuse Buffers over foreign memory; ask once.
+// Only that answer means no: any other failure comes from an environment that is
+// stopping (a load inside a terminating worker), where the answer no longer matters.
 bool ProbeExternalBuffers(Napi::Env env) {
   static char probe_byte = 0;
   napi_value buffer;
   napi_status status =
       napi_create_external_buffer(env, 1, &probe_byte, nullptr, nullptr, &buffer);
-  return status == napi_ok;
+  return status != napi_no_external_buffers_allowed;
+}
+
+// A whole chunk Buffer made by this package: tagged (see chunk_tag.h), a Uint8Array at
+// byte offset 0. Gives its ArrayBuffer, data and length. Plain C API with every status
+// checked: in a stopping environment the checks fail and the answer is no.
+bool WholeChunk(napi_env env, napi_value value, napi_value* array_buffer, void** data, size_t* length) {
+  if (!IsTaggedChunk(env, value)) return false;
+  napi_typedarray_type type;
+  size_t byte_offset = 0;
+  if (napi_get_typedarray_info(env, value, &type, length, data, array_buffer, &byte_offset) != napi_ok) {
+    return false;
+  }
+  return type == napi_uint8_array && byte_offset == 0;
 }
 
 }  // namespace
@@ -54,35 +70,46 @@ Napi::Value Addon::Probe(const Napi::CallbackInfo& info) {
 
 // releaseChunk(buffer): drops the pages under a mapped chunk's Buffer and detaches it so
 // JS sees length 0 (reading unmapped pages would raise SIGBUS). Returns whether the
-// Buffer was a live mapped chunk; anything else is left alone.
+// Buffer was a live mapped chunk; anything else (a Buffer the package did not create, a
+// view into one, a copied or already released chunk) is left alone.
 Napi::Value Addon::ReleaseChunk(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 1 || !info[0].IsBuffer()) {
     throw Napi::TypeError::New(env, "releaseChunk(buffer): buffer must be a Buffer");
   }
-  Napi::Buffer<uint8_t> buffer = info[0].As<Napi::Buffer<uint8_t>>();
-  MappedChunk* chunk = pool_->Find(buffer.Data(), buffer.Length());
-  if (chunk == nullptr || buffer.ByteOffset() != 0) return Napi::Boolean::New(env, false);
-  // Detach first: from here on no JS view can reach the pages.
-  buffer.ArrayBuffer().Detach();
-  pool_->Release(chunk);
-  return Napi::Boolean::New(env, true);
+  napi_value array_buffer;
+  void* data = nullptr;
+  size_t length = 0;
+  bool released = false;
+  if (WholeChunk(env, info[0], &array_buffer, &data, &length)) {
+    MappedChunk* chunk = pool_->Find(static_cast<uint8_t*>(data), length);
+    // Detach first: from here on no JS view can reach the pages. If that fails, the
+    // pages stay mapped (a later release or the finalizer frees them).
+    if (chunk != nullptr && napi_detach_arraybuffer(env, array_buffer) == napi_ok) {
+      pool_->Release(chunk);
+      released = true;
+    }
+  }
+  return Napi::Boolean::New(env, released);
 }
 
-// detachBuffer(buffer): empties a copied chunk's Buffer, so a released chunk reads as
-// length 0 whichever way it arrived. Only whole, unshared ArrayBuffers are detached.
+// detachBuffer(buffer): empties a chunk's Buffer (copied chunks use it), so a released
+// chunk reads as length 0 whichever way it arrived. Only the package's own chunk Buffers
+// are detached, and only while they cover their whole ArrayBuffer; anything else (Node's
+// shared pool slices, a user's ArrayBuffer) is left alone and gives false.
 Napi::Value Addon::DetachBuffer(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 1 || !info[0].IsBuffer()) {
     throw Napi::TypeError::New(env, "detachBuffer(buffer): buffer must be a Buffer");
   }
-  Napi::Buffer<uint8_t> buffer = info[0].As<Napi::Buffer<uint8_t>>();
-  Napi::ArrayBuffer array_buffer = buffer.ArrayBuffer();
-  if (buffer.ByteOffset() != 0 || array_buffer.ByteLength() != buffer.Length()) {
-    return Napi::Boolean::New(env, false);
-  }
-  array_buffer.Detach();
-  return Napi::Boolean::New(env, true);
+  napi_value array_buffer;
+  void* data = nullptr;
+  size_t length = 0;
+  size_t array_buffer_length = 0;
+  bool detached = WholeChunk(env, info[0], &array_buffer, &data, &length) &&
+                  napi_get_arraybuffer_info(env, array_buffer, nullptr, &array_buffer_length) == napi_ok &&
+                  array_buffer_length == length && napi_detach_arraybuffer(env, array_buffer) == napi_ok;
+  return Napi::Boolean::New(env, detached);
 }
 
 Napi::Value Addon::PoolStats(const Napi::CallbackInfo& info) {

@@ -13,6 +13,7 @@
 #include <cstring>
 
 #include "addon.h"
+#include "chunk_tag.h"
 #include "errors.h"
 #include "kernel.h"
 #include "probe.h"
@@ -165,6 +166,7 @@ Receiver::Receiver(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Receiver>(
   }
 
   Addon* addon = env.GetInstanceData<Addon>();
+  if (addon == nullptr) throw Napi::Error::New(env, "tcp-zerocopy: addon not initialized in this environment");
   const KernelFeatures& features = ProbeKernel();
   external_buffers_ = addon->external_buffers_allowed();
   zerocopy_ = mode_ != Mode::kCopy && features.supported && external_buffers_;
@@ -186,7 +188,7 @@ Receiver::Receiver(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Receiver>(
 
   // Our own descriptor: libuv allows one watcher per fd per loop, and Node's TCP handle
   // watches the original whenever a write has to wait. Nothing below may throw once the
-  // handles exist: they point back at this object.
+  // handles exist (they point back at this object), unless they are closed first.
   int dup_fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
   if (dup_fd < 0) throw ErrnoError(env, errno, "dup");
   auto* handles = new UvHandles;
@@ -203,7 +205,13 @@ Receiver::Receiver(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Receiver>(
   handles->timer.data = handles;
   handles->owner = this;
   handles_ = handles;
-  napi_add_async_cleanup_hook(env, OnEnvCleanup, handles, &handles->cleanup_hook);
+  // Without the hook an environment stopping with the handles open would abort the
+  // process ("uv_loop_close() while having open handles"): no hook, no receiver.
+  if (napi_add_async_cleanup_hook(env, OnEnvCleanup, handles, &handles->cleanup_hook) != napi_ok) {
+    handles->cleanup_hook = nullptr;
+    CloseHandles(handles);  // detaches this object first
+    throw Napi::Error::New(env, "tcp-zerocopy: napi_add_async_cleanup_hook failed");
+  }
   // Batch wake-ups to a chunk while data flows; the flush timer lowers it when it stalls.
   SetLowWater(flush_delay_ms_ > 0 ? static_cast<int>(chunk_size_) : 1);
 }
@@ -437,6 +445,11 @@ void Receiver::AddMapped(Batch* batch, MappedChunk* chunk) {
       },
       chunk, &buffer);
   if (status == napi_ok) {
+    if (!TagChunk(env, buffer)) {
+      // The environment is stopping. The Buffer owns the chunk now; its finalizer frees it.
+      batch->abandoned = true;
+      return;
+    }
     batch->chunks[batch->count] = buffer;
     batch->mapped[batch->count] = true;
     batch->count++;
@@ -445,13 +458,23 @@ void Receiver::AddMapped(Batch* batch, MappedChunk* chunk) {
     stats_.chunks_mapped++;
     return;
   }
-  // The runtime refuses external Buffers (V8 sandbox): copy, and stop mapping.
+  if (status != napi_no_external_buffers_allowed) {
+    // The environment is going away. Do not touch the chunk: Node 20 creates the
+    // finalizer (whose hint is the chunk) before the steps that can fail during teardown,
+    // so Node may already own it and will free it itself. Freeing it here too would free
+    // it twice. If Node did not take it, it leaks (with its pool's mappings) until the
+    // process ends: rare, and only in an environment that is being torn down.
+    batch->abandoned = true;
+    return;
+  }
+  // The runtime refuses external Buffers (V8 sandbox). It says so before creating any
+  // finalizer, so the chunk is certainly still ours: copy it, free it, and stop mapping.
   napi_value copy = nullptr;
   size_t length = chunk->length;
   status = napi_create_buffer_copy(env, length, chunk->address, nullptr, &copy);
   pool_->Release(chunk);
   delete chunk;
-  if (status != napi_ok) {
+  if (status != napi_ok || !TagChunk(env, copy)) {
     batch->abandoned = true;  // the environment is going away
     return;
   }
@@ -608,6 +631,11 @@ void Receiver::ReadCopied(Batch* batch, size_t prefix_len, size_t recv_len) {
       batch->abandoned = true;
       return;
     }
+  }
+  // Tagged once, the Buffer that JS gets.
+  if (!TagChunk(env, buffer)) {
+    batch->abandoned = true;
+    return;
   }
   AddCopied(batch, buffer, length);
 }

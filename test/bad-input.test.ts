@@ -1,3 +1,4 @@
+import { spawnSync } from 'node:child_process';
 import { once } from 'node:events';
 import * as fs from 'node:fs';
 import * as net from 'node:net';
@@ -7,11 +8,11 @@ import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
 
 import { native } from '../src/binding';
-import { attach, configure, type AttachOptions } from '../src/index';
+import { attach, configure, probe, type AttachOptions, type Chunk } from '../src/index';
 import { PatternChecker, startSender } from '../src/testing';
 import { connectPaused, drain, listen, loopbackFixture, MiB } from './helpers';
 
-const { servers, sockets, senders, serverAndClient: acceptedSocket } = loopbackFixture();
+const { servers, sockets, senders, serverAndClient: acceptedSocket, zerocopyStream } = loopbackFixture();
 
 function expectCoded(fn: () => unknown, Class: ErrorConstructor, code: string, message: RegExp): void {
   let thrown: unknown;
@@ -164,16 +165,82 @@ describe.skipIf(native === null)('the raw binding survives any input', () => {
     expect(() => new binding.Receiver(fd, badOptions as typeof options, onEvent)).toThrow(RangeError);
   });
 
-  it('releaseChunk and detachBuffer refuse or ignore what is not theirs', () => {
+  it('releaseChunk and detachBuffer throw TypeError for what is not a Buffer', () => {
     expect(() => binding.releaseChunk(42 as unknown as Buffer)).toThrow(TypeError);
     expect(() => binding.detachBuffer('x' as unknown as Buffer)).toThrow(TypeError);
-    const foreign = Buffer.from('still here');
-    expect(binding.releaseChunk(foreign)).toBe(false);
-    expect(foreign.toString()).toBe('still here');
-    // A slice of Node's shared pool must never be detached.
-    const pooled = Buffer.from('pooled');
-    expect(binding.detachBuffer(pooled)).toBe(false);
-    expect(pooled.toString()).toBe('pooled');
+  });
+});
+
+// Only Buffers the package itself made carry its type tag; every other Buffer is left
+// alone. Before the tag, detachBuffer() took any Buffer covering its whole ArrayBuffer:
+// Buffer.from(small.buffer) (Node's shared 8 KiB pool) was detached, and every later
+// Buffer.from('x') threw RangeError.
+describe.skipIf(native === null)('releaseChunk and detachBuffer touch only the chunks the package made', () => {
+  const binding = native as NonNullable<typeof native>;
+
+  it("refuse Buffers from elsewhere, which keep their bytes; Node's Buffer pool keeps working", () => {
+    // In a child process: a detached pool would leave this one unable to make small Buffers.
+    const result = spawnSync(process.execPath, [path.join(__dirname, 'fixtures', 'foreign-buffers-child.js')], {
+      encoding: 'utf8',
+      timeout: 30_000,
+    });
+    const report = JSON.parse(result.stdout.split('\n')[0] || '{}') as {
+      results: { name: string; released: boolean; detached: boolean; kept: boolean }[];
+      afterwards: Record<string, unknown>;
+    };
+    expect(report.results?.length, result.stderr).toBe(7);
+    for (const { name, released, detached, kept } of report.results) {
+      expect({ name, released, detached, kept }).toEqual({ name, released: false, detached: false, kept: true });
+    }
+    expect(report.afterwards).toEqual({ small: 'abc', from: 'x', allocUnsafe: 7, concat: 'ab', base64: 'eHl6' });
+    expect(result.stderr).toBe('');
+    expect(result.status).toBe(0);
+  });
+
+  it.each([
+    ['mapped', 'auto' as const],
+    ['copied', 'copy' as const],
+  ])('refuse views and copies of a real %s chunk, which stays whole; the chunk itself releases', async (kind, mode) => {
+    if (kind === 'mapped' && !probe().supported) return;
+    const { receiver } = await zerocopyStream(8 * MiB, 121, { mode });
+    let chunk: Chunk | null = null;
+    for (;;) {
+      const next = await receiver.read();
+      if (next === null) break;
+      if (next.mapped === (kind === 'mapped')) {
+        chunk = next;
+        break;
+      }
+      next.release();
+    }
+    expect(chunk).not.toBeNull();
+    const data = (chunk as Chunk).data;
+    const snapshot = Buffer.from(data);
+    const views: [string, Uint8Array][] = [
+      ['subarray(1)', data.subarray(1)],
+      ['subarray(0, length - 1)', data.subarray(0, data.length - 1)],
+      ['subarray() of the whole chunk', data.subarray()],
+      ['Buffer.from(buffer, byteOffset, length)', Buffer.from(data.buffer, data.byteOffset, data.length)],
+      ['new Uint8Array(data.buffer)', new Uint8Array(data.buffer)],
+      ['Buffer.from(data) (a copy)', Buffer.from(data)],
+    ];
+    for (const [name, view] of views) {
+      expect(binding.releaseChunk(view as Buffer), name).toBe(false);
+      expect(binding.detachBuffer(view as Buffer), name).toBe(false);
+    }
+    expect(data.length).toBe(snapshot.length);
+    expect(data.equals(snapshot)).toBe(true);
+    // The chunk's own Buffer carries the tag: the entry point of its kind takes it.
+    if (kind === 'mapped') {
+      expect(binding.detachBuffer(data.subarray(1))).toBe(false);
+      expect(binding.releaseChunk(data)).toBe(true);
+      expect(binding.releaseChunk(data)).toBe(false); // already released
+    } else {
+      expect(binding.releaseChunk(data)).toBe(false); // not mapped
+      expect(binding.detachBuffer(data)).toBe(true);
+    }
+    expect(data.length).toBe(0);
+    receiver.close();
   });
 });
 
