@@ -14,7 +14,8 @@
             "native/errors.cc",
             "native/pool.cc",
             "native/probe.cc",
-            "native/receiver.cc"
+            "native/receiver.cc",
+            "native/write_fault.cc"
           ],
           "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
           "defines": [

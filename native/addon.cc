@@ -1,5 +1,7 @@
 #include "addon.h"
 
+#include <sys/mman.h>
+
 #include <cmath>
 
 #include "chunk_tag.h"
@@ -48,6 +50,7 @@ Addon::Addon(Napi::Env env, Napi::Object exports)
                            InstanceMethod<&Addon::PoolStats>("poolStats"),
                            InstanceMethod<&Addon::Configure>("configure"),
                            InstanceMethod<&Addon::BreakPoolForTesting>("_breakPoolForTesting"),
+                           InstanceMethod<&Addon::WriteReadOnlyForTesting>("_writeReadOnlyForTesting"),
                            InstanceValue("Receiver", Receiver::Init(env), napi_enumerable),
                        });
 }
@@ -117,6 +120,8 @@ Napi::Value Addon::PoolStats(const Napi::CallbackInfo& info) {
   Napi::Object stats = Napi::Object::New(env);
   stats.Set("pinnedBytes", static_cast<double>(pool_->pinned_bytes()));
   stats.Set("maxPinnedBytes", static_cast<double>(pool_->max_pinned_bytes()));
+  stats.Set("chunksCopiedOnWrite", pool_->chunks_copied_on_write());
+  stats.Set("retiredBytes", static_cast<double>(pool_->retired_bytes()));
   stats.Set("mappings", static_cast<double>(pool_->mapping_count()));
   stats.Set("mappedAddressSpace", static_cast<double>(pool_->mapped_bytes()));
   stats.Set("liveChunks", static_cast<double>(pool_->live_chunks()));
@@ -124,8 +129,8 @@ Napi::Value Addon::PoolStats(const Napi::CallbackInfo& info) {
   return stats;
 }
 
-// configure({ maxPinnedBytes }): the cap applies to future receives; chunks already out
-// stay valid.
+// configure({ maxPinnedBytes, copyOnWrite }): the cap applies to future receives; chunks
+// already out stay valid.
 Napi::Value Addon::Configure(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 1 || !info[0].IsObject()) {
@@ -139,7 +144,23 @@ Napi::Value Addon::Configure(const Napi::CallbackInfo& info) {
     }
     pool_->set_max_pinned_bytes(static_cast<size_t>(bytes));
   }
+  // copyOnWrite: later chunks only; chunks already out keep what they were given.
+  Napi::Value copy_on_write = info[0].As<Napi::Object>().Get("copyOnWrite");
+  if (!copy_on_write.IsUndefined()) {
+    if (!copy_on_write.IsBoolean()) throw Napi::TypeError::New(env, "copyOnWrite must be a boolean");
+    pool_->set_copy_on_write(copy_on_write.As<Napi::Boolean>().Value());
+  }
   return env.Undefined();
+}
+
+// _writeReadOnlyForTesting(): a real store into a read-only page outside the pool, which
+// must still end the process with SIGSEGV once the write-fault handler is installed.
+Napi::Value Addon::WriteReadOnlyForTesting(const Napi::CallbackInfo& info) {
+  void* page = mmap(nullptr, 4096, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (page == MAP_FAILED) return Napi::Boolean::New(info.Env(), false);
+  *static_cast<volatile uint8_t*>(page) = 1;
+  munmap(page, 4096);
+  return Napi::Boolean::New(info.Env(), true);
 }
 
 // _breakPoolForTesting(): see MappingPool::BreakArenasForTesting. For the fallback tests.

@@ -20,6 +20,19 @@ constexpr size_t kArenaAlign = 2u << 20;
 
 size_t PageFloor(size_t bytes) { return bytes & ~(kPageSize - 1); }
 
+// An empty TCP mapping: at `fixed` (replacing what is there) or anywhere (null). Any TCP
+// socket can make it, and the mapping outlives the socket.
+void* MapTcp(void* fixed, size_t length) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, IPPROTO_TCP);
+  if (fd < 0) fd = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, IPPROTO_TCP);
+  if (fd < 0) return MAP_FAILED;
+  void* mapped = mmap(fixed, length, PROT_READ, MAP_SHARED | (fixed != nullptr ? MAP_FIXED : 0), fd, 0);
+  int err = errno;
+  close(fd);
+  errno = err;
+  return mapped;
+}
+
 }  // namespace
 
 MappingPool::MappingPool(size_t max_pinned_bytes) : max_pinned_bytes_(max_pinned_bytes) {}
@@ -29,15 +42,9 @@ MappingPool::~MappingPool() {
 }
 
 int MappingPool::AddArena() {
-  // Any TCP socket can make the mapping, and the mapping outlives the socket.
-  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, IPPROTO_TCP);
-  if (fd < 0) fd = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, IPPROTO_TCP);
-  if (fd < 0) return errno;
   size_t span = kArenaSize + kArenaAlign;
-  void* raw = mmap(nullptr, span, PROT_READ, MAP_SHARED, fd, 0);
-  int err = errno;
-  close(fd);
-  if (raw == MAP_FAILED) return err;
+  void* raw = MapTcp(nullptr, span);
+  if (raw == MAP_FAILED) return errno;
   uintptr_t start = reinterpret_cast<uintptr_t>(raw);
   uintptr_t aligned = (start + kArenaAlign - 1) & ~(kArenaAlign - 1);
   // Trim to an aligned arena; the mapping is empty, so unmapping parts of it is free.
@@ -52,7 +59,8 @@ int MappingPool::AddArena() {
 
 int MappingPool::Reserve(size_t want, Slot* slot) {
   *slot = Slot{};
-  size_t headroom = max_pinned_bytes_ > pinned_bytes_ ? max_pinned_bytes_ - pinned_bytes_ : 0;
+  size_t pinned = pinned_bytes();
+  size_t headroom = max_pinned_bytes_ > pinned ? max_pinned_bytes_ - pinned : 0;
   want = PageFloor(std::min({want, headroom, kArenaSize}));
   if (want == 0) return 0;
 
@@ -93,12 +101,18 @@ int MappingPool::Reserve(size_t want, Slot* slot) {
   return 0;
 }
 
-MappedChunk* MappingPool::Commit(const Slot& slot, size_t mapped) {
+MappedChunk* MappingPool::Commit(const Slot& slot, size_t mapped,
+                                 std::shared_ptr<CopyOnWriteCounters> receiver_counters) {
   mapped = std::min(PageFloor(mapped), slot.length);
   if (slot.length > mapped) FreeRange(slot.address + mapped, slot.length - mapped);
   if (mapped == 0) return nullptr;
   pinned_bytes_ += mapped;
-  auto* chunk = new MappedChunk{shared_from_this(), slot.address, mapped};
+  auto* chunk = new MappedChunk{shared_from_this(), slot.address, mapped, false, -1, nullptr};
+  if (copy_on_write_ && receiver_counters != nullptr && write_fault::Install()) {
+    chunk->receiver_counters = std::move(receiver_counters);
+    chunk->write_fault_ticket =
+        write_fault::Register(chunk->address, mapped, &cow_counters_, chunk->receiver_counters.get());
+  }
   live_.emplace(reinterpret_cast<uintptr_t>(slot.address), chunk);
   return chunk;
 }
@@ -106,13 +120,56 @@ MappedChunk* MappingPool::Commit(const Slot& slot, size_t mapped) {
 void MappingPool::Release(MappedChunk* chunk) {
   if (chunk->released) return;
   chunk->released = true;
-  // Drop the pages before the range can be handed out again: the next receive into it
-  // must find it empty (TLB_CLEAN_HINT), and nothing may read the old payload.
-  madvise(chunk->address, chunk->length, MADV_DONTNEED);
+  // Off the write-fault table first: from here on a store into the range is a stray one.
+  bool copied = chunk->write_fault_ticket >= 0 && write_fault::Unregister(chunk->write_fault_ticket);
+  chunk->write_fault_ticket = -1;
   live_.erase(reinterpret_cast<uintptr_t>(chunk->address));
   pinned_bytes_ -= chunk->length;
+  Arena* arena = ArenaOf(chunk->address);
+  if (copied) {
+    // A private copy sits in the range: put a TCP mapping back (the copy goes with it).
+    if (arena == nullptr || MapTcp(chunk->address, chunk->length) == MAP_FAILED) {
+      retired_bytes_ += chunk->length;  // never handed out again
+      NotifyWaiters();
+      return;
+    }
+    arena->split = true;
+  } else {
+    // Drop the pages before the range can be handed out again: the next receive into it
+    // must find it empty (TLB_CLEAN_HINT), and nothing may read the old payload.
+    madvise(chunk->address, chunk->length, MADV_DONTNEED);
+  }
   FreeRange(chunk->address, chunk->length);
+  if (arena != nullptr && arena->split) RemapFreeRun(arena, static_cast<size_t>(chunk->address - arena->base));
   NotifyWaiters();
+}
+
+size_t MappingPool::pinned_bytes() const {
+  size_t copied = cow_counters_.live_bytes.load(std::memory_order_relaxed);
+  return pinned_bytes_ > copied ? pinned_bytes_ - copied : 0;
+}
+
+// One mapping for the whole free run around `offset`: the VMAs that restores split off
+// inside it become one again, so an arena has about one VMA per live chunk at most.
+void MappingPool::RemapFreeRun(Arena* arena, size_t offset) {
+  auto run = arena->free_runs.upper_bound(offset);
+  if (run == arena->free_runs.begin()) return;
+  --run;
+  if (offset >= run->first + run->second) return;
+  if (MapTcp(arena->base + run->first, run->second) == MAP_FAILED) {
+    // The run's state is unknown now: keep it out of use.
+    retired_bytes_ += run->second;
+    arena->free_runs.erase(run);
+    return;
+  }
+  if (run->first == 0 && run->second == arena->size) arena->split = false;
+}
+
+MappingPool::Arena* MappingPool::ArenaOf(const uint8_t* address) {
+  for (Arena& arena : arenas_) {
+    if (address >= arena.base && address < arena.base + arena.size) return &arena;
+  }
+  return nullptr;
 }
 
 void MappingPool::set_max_pinned_bytes(size_t bytes) {
@@ -158,25 +215,23 @@ bool MappingPool::BreakArenasForTesting() {
 size_t MappingPool::mapped_bytes() const { return arenas_.size() * kArenaSize; }
 
 void MappingPool::FreeRange(uint8_t* address, size_t length) {
-  for (Arena& arena : arenas_) {
-    if (address < arena.base || address >= arena.base + arena.size) continue;
-    size_t offset = static_cast<size_t>(address - arena.base);
-    auto next = arena.free_runs.lower_bound(offset);
-    // Coalesce with the neighbours so large slots stay available.
-    if (next != arena.free_runs.end() && offset + length == next->first) {
-      length += next->second;
-      next = arena.free_runs.erase(next);
-    }
-    if (next != arena.free_runs.begin()) {
-      auto prev = std::prev(next);
-      if (prev->first + prev->second == offset) {
-        prev->second += length;
-        return;
-      }
-    }
-    arena.free_runs.emplace(offset, length);
-    return;
+  Arena* arena = ArenaOf(address);
+  if (arena == nullptr) return;
+  size_t offset = static_cast<size_t>(address - arena->base);
+  auto next = arena->free_runs.lower_bound(offset);
+  // Coalesce with the neighbours so large slots stay available.
+  if (next != arena->free_runs.end() && offset + length == next->first) {
+    length += next->second;
+    next = arena->free_runs.erase(next);
   }
+  if (next != arena->free_runs.begin()) {
+    auto prev = std::prev(next);
+    if (prev->first + prev->second == offset) {
+      prev->second += length;
+      return;
+    }
+  }
+  arena->free_runs.emplace(offset, length);
 }
 
 }  // namespace tcpzc

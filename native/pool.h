@@ -7,6 +7,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include "write_fault.h"
+
 namespace tcpzc {
 
 class MappingPool;
@@ -27,6 +29,10 @@ struct MappedChunk {
   uint8_t* address;
   size_t length;
   bool released = false;
+  // Copy-on-write: the write-fault table's entry (-1: none) and the receiver's counters,
+  // kept alive for the handler until the chunk is released.
+  int write_fault_ticket = -1;
+  std::shared_ptr<CopyOnWriteCounters> receiver_counters;
 };
 
 // Address space for zero-copy receive, shared by every receiver of one environment.
@@ -51,9 +57,11 @@ class MappingPool : public std::enable_shared_from_this<MappingPool> {
   // errno if a new mapping could not be made.
   int Reserve(size_t want, Slot* slot);
   // The kernel filled the first `mapped` bytes of a reserved slot: track them as a live
-  // chunk (when mapped > 0) and give the rest of the slot back.
-  MappedChunk* Commit(const Slot& slot, size_t mapped);
-  // Drops the pages of a live chunk and frees its range. Safe to call twice.
+  // chunk (when mapped > 0) and give the rest of the slot back. Writes into the chunk
+  // become private copies (counted in `receiver_counters` too) unless copy-on-write is off.
+  MappedChunk* Commit(const Slot& slot, size_t mapped, std::shared_ptr<CopyOnWriteCounters> receiver_counters);
+  // Drops the pages of a live chunk and frees its range (a copied range is made a TCP
+  // mapping again first). Safe to call twice.
   void Release(MappedChunk* chunk);
   // The live chunk whose Buffer starts at `address`, or null.
   MappedChunk* Find(const uint8_t* address, size_t length) const;
@@ -70,7 +78,15 @@ class MappingPool : public std::enable_shared_from_this<MappingPool> {
   // (false) while any chunk is live.
   bool BreakArenasForTesting();
 
-  size_t pinned_bytes() const { return pinned_bytes_; }
+  // Mapped bytes not yet released, less the chunks already turned into private copies.
+  size_t pinned_bytes() const;
+  // Writes into live chunks become private copies (default) or crash (off).
+  void set_copy_on_write(bool enabled) { copy_on_write_ = enabled; }
+  double chunks_copied_on_write() const {
+    return static_cast<double>(cow_counters_.chunks.load(std::memory_order_relaxed));
+  }
+  // Bytes of copied ranges that could not be made TCP mappings again, kept out of use.
+  size_t retired_bytes() const { return retired_bytes_; }
   size_t max_pinned_bytes() const { return max_pinned_bytes_; }
   // A higher cap wakes receivers waiting for room.
   void set_max_pinned_bytes(size_t bytes);
@@ -86,14 +102,22 @@ class MappingPool : public std::enable_shared_from_this<MappingPool> {
     uint8_t* base;
     size_t size;
     std::map<size_t, size_t> free_runs;  // offset -> length, coalesced
+    // A copied range was mapped again, splitting the arena's VMA (TCP VMAs never merge):
+    // released ranges are re-mapped with their whole free run so the split heals.
+    bool split = false;
   };
 
   int AddArena();
   void NotifyWaiters();
+  Arena* ArenaOf(const uint8_t* address);
   void FreeRange(uint8_t* address, size_t length);
+  void RemapFreeRun(Arena* arena, size_t offset);
 
   size_t max_pinned_bytes_;
   size_t pinned_bytes_ = 0;
+  size_t retired_bytes_ = 0;
+  bool copy_on_write_ = true;
+  CopyOnWriteCounters cow_counters_;
   double copied_pool_full_bytes_ = 0;
   std::vector<Arena> arenas_;
   std::unordered_map<uintptr_t, MappedChunk*> live_;

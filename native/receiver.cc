@@ -551,7 +551,7 @@ void Receiver::ZerocopyCycle(Batch* batch) {
   int rc = getsockopt(handles_->fd, IPPROTO_TCP, kTcpZerocopyReceive, &zc, &optlen);
   if (rc != 0) {
     err = errno;
-    pool_->Commit(slot, 0);
+    pool_->Commit(slot, 0, nullptr);
     if (err == EIO) {
       // FIN received and nothing queued, as the kernel counts it: but it counts only up
       // to a pending urgent mark, so bytes may still follow the urgent byte. recv() steps
@@ -569,7 +569,7 @@ void Receiver::ZerocopyCycle(Batch* batch) {
 
   // Trust nothing the kernel wrote beyond what we asked for.
   size_t mapped = std::min<size_t>(zc.length, slot.length) & ~(kPageSize - 1);
-  MappedChunk* chunk = pool_->Commit(slot, mapped);
+  MappedChunk* chunk = pool_->Commit(slot, mapped, copy_on_write_);
   if (features.inq_and_err && zc.err < 0 && pending_error_ == 0) pending_error_ = -zc.err;
   size_t copied = zc.copybuf_address != 0 && zc.copybuf_len > 0
                       ? std::min<size_t>(static_cast<size_t>(zc.copybuf_len), kCopybufSize)
@@ -706,6 +706,7 @@ Napi::Value Receiver::GetStats(const Napi::CallbackInfo& info) {
   stats.Set("zerocopyCalls", stats_.zerocopy_calls);
   stats.Set("recvCalls", stats_.recv_calls);
   stats.Set("poolWaits", stats_.pool_waits);
+  stats.Set("chunksCopiedOnWrite", static_cast<double>(copy_on_write_->chunks.load(std::memory_order_relaxed)));
   stats.Set("zerocopy", zerocopy_);
   stats.Set("fallbackReason",
             fallback_reason_.empty() ? env.Null() : Napi::String::New(env, fallback_reason_));

@@ -106,6 +106,9 @@ class Receiver : public Napi::ObjectWrap<Receiver>, private PoolWaiter {
     double pool_waits = 0;
   } stats_;
   std::string fallback_reason_;
+  // Counted by the write-fault handler on any thread; shared with this receiver's chunks,
+  // which may outlive it.
+  std::shared_ptr<CopyOnWriteCounters> copy_on_write_ = std::make_shared<CopyOnWriteCounters>();
 };
 
 }  // namespace tcpzc

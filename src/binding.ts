@@ -26,6 +26,7 @@ export interface NativeReceiverStats {
   zerocopyCalls: number;
   recvCalls: number;
   poolWaits: number;
+  chunksCopiedOnWrite: number;
   zerocopy: boolean;
   fallbackReason: string | null;
 }
@@ -38,6 +39,8 @@ export interface NativePoolStats {
   mappedAddressSpace: number;
   liveChunks: number;
   bytesCopiedPoolFull: number;
+  chunksCopiedOnWrite: number;
+  retiredBytes: number;
 }
 
 /** Native mode numbers (Receiver::Mode). */
@@ -69,9 +72,11 @@ export interface NativeBinding {
   releaseChunk(buffer: Buffer): boolean;
   detachBuffer(buffer: Buffer): boolean;
   poolStats(): NativePoolStats;
-  configure(options: { maxPinnedBytes?: number }): void;
+  configure(options: { maxPinnedBytes?: number; copyOnWrite?: boolean }): void;
   /** Tests only: makes the kernel refuse every later receive into this thread's pool. */
   _breakPoolForTesting(): boolean;
+  /** Tests only: a store into a read-only page outside the pool (ends the process: SIGSEGV). */
+  _writeReadOnlyForTesting(): boolean;
   Receiver: new (
     fd: number,
     options: { chunkSize: number; mode: NativeMode; poolFull: NativePoolFull; flushDelayMs: number },

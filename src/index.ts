@@ -99,6 +99,12 @@ export interface AttachOptions {
 export interface ConfigureOptions {
   /** Cap on bytes mapped and not yet released, for all receivers of this thread (default 64 MiB). */
   maxPinnedBytes?: number;
+  /**
+   * A write into a mapped chunk's Buffer turns the chunk into a private, writable copy
+   * (default true). false: such a write ends the process with SIGSEGV, as the kernel's
+   * read-only mapping makes it. Applies to chunks received from then on.
+   */
+  copyOnWrite?: boolean;
 }
 
 /** Counters of this environment's page pool. */
@@ -113,6 +119,10 @@ export interface PoolStats {
   liveChunks: number;
   /** Bytes that arrived copied, on any receiver, because the pool was at its cap. */
   bytesCopiedPoolFull: number;
+  /** Mapped chunks turned into private copies because something wrote into them. */
+  chunksCopiedOnWrite: number;
+  /** Address space of copied ranges that could not be made TCP mappings again (normally 0). */
+  retiredBytes: number;
 }
 
 const DEFAULT_CHUNK_SIZE = 1 << 20;
@@ -154,7 +164,7 @@ function cloneProbe(result: ProbeResult): ProbeResult {
   return { ...result, features: { ...result.features } };
 }
 
-/** Sets the pinned-bytes cap of this thread's page pool. */
+/** Sets the pinned-bytes cap and the copy-on-write rule of this thread's page pool. */
 export function configure(options: ConfigureOptions): void {
   if (typeof options !== 'object' || options === null) {
     throw codedError(TypeError, 'ERR_INVALID_ARG_TYPE', 'configure(options): options must be an object');
@@ -170,6 +180,13 @@ export function configure(options: ConfigureOptions): void {
     }
     native?.configure({ maxPinnedBytes });
   }
+  const { copyOnWrite } = options;
+  if (copyOnWrite !== undefined) {
+    if (typeof copyOnWrite !== 'boolean') {
+      throw codedError(TypeError, 'ERR_INVALID_ARG_TYPE', `copyOnWrite must be a boolean, got ${typeof copyOnWrite}`);
+    }
+    native?.configure({ copyOnWrite });
+  }
 }
 
 /** Pinned bytes, cap and mappings of this thread's page pool. */
@@ -181,6 +198,8 @@ export function poolStats(): PoolStats {
     mappings: raw?.mappings ?? 0,
     liveChunks: raw?.liveChunks ?? 0,
     bytesCopiedPoolFull: raw?.bytesCopiedPoolFull ?? 0,
+    chunksCopiedOnWrite: raw?.chunksCopiedOnWrite ?? 0,
+    retiredBytes: raw?.retiredBytes ?? 0,
   };
 }
 

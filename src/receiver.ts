@@ -45,6 +45,8 @@ export interface ReceiverStats {
   recvCalls: number;
   /** Times the receiver paused because the pool was full (whenPoolFull: 'wait'). */
   poolWaits: number;
+  /** Mapped chunks turned into private copies because something wrote into them. */
+  chunksCopiedOnWrite: number;
   /** The path now in use: 'zerocopy' maps what it can, 'copy' copies everything. */
   path: 'zerocopy' | 'copy';
   /** Why this receiver copies although zero-copy was asked for, or null. */
@@ -240,6 +242,7 @@ export class Receiver implements ZeroCopyReceiver {
       zerocopyCalls: raw.zerocopyCalls,
       recvCalls: raw.recvCalls,
       poolWaits: raw.poolWaits,
+      chunksCopiedOnWrite: raw.chunksCopiedOnWrite,
       path: raw.zerocopy ? 'zerocopy' : 'copy',
       fallbackReason: raw.fallbackReason,
     };
@@ -472,6 +475,7 @@ export function socketCopySource(socket: net.Socket, onEvent: NativeEventHandler
     zerocopyCalls: 0,
     recvCalls: 0,
     poolWaits: 0,
+    chunksCopiedOnWrite: 0,
     zerocopy: false,
     fallbackReason: reason,
   };

@@ -134,6 +134,16 @@ describe('configure() rejects bad values', () => {
   it('options not an object', () => {
     expectCoded(() => configure(null as unknown as object), TypeError, 'ERR_INVALID_ARG_TYPE', /options/);
   });
+  it('copyOnWrite not a boolean', () => {
+    for (const value of ['yes', 1, null]) {
+      expectCoded(
+        () => configure({ copyOnWrite: value as unknown as boolean }),
+        TypeError,
+        'ERR_INVALID_ARG_TYPE',
+        /copyOnWrite/,
+      );
+    }
+  });
 });
 
 describe.skipIf(native === null)('the raw binding survives any input', () => {
