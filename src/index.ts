@@ -324,7 +324,15 @@ function checkOptions(options: AttachOptions): Settings {
     );
   }
   const { signal } = options;
-  if (signal !== undefined && !(signal instanceof AbortSignal)) {
+  // Duck-typed as Node does: signals from other realms or polyfills are fine.
+  const signalLike = signal as { aborted?: unknown; addEventListener?: unknown } | null | undefined;
+  if (
+    signal !== undefined &&
+    (typeof signalLike !== 'object' ||
+      signalLike === null ||
+      typeof signalLike.aborted !== 'boolean' ||
+      typeof signalLike.addEventListener !== 'function')
+  ) {
     throw codedError(TypeError, 'ERR_INVALID_ARG_TYPE', 'signal must be an AbortSignal');
   }
   return { chunkSize, mode, whenPoolFull, flushDelayMs, signal };

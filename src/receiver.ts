@@ -178,7 +178,10 @@ export class Receiver implements ZeroCopyReceiver {
   #readable = false;
   #piping = false;
   #closeError: Error | null = null;
+  #socketClosed = false; // Node closed the socket before the end: what follows is a drain
+  #endedByPeer = false; // the stream ended with the peer's FIN, not cut short here
   readonly #onSocketClose = (): void => {
+    this.#socketClosed = true;
     // Node closed the socket: destroy(), or a failed write. The native source still
     // holds the kernel socket through its dup and drains what is queued there (data, then
     // a reset the kernel saw), ending with the error Node saw, if any.
@@ -212,6 +215,7 @@ export class Receiver implements ZeroCopyReceiver {
       this.#finish(error);
       this.#lifecycle.failed(error);
     } else if (eof) {
+      if (!this.#socketClosed) this.#endedByPeer = true;
       this.#finish(this.#closeError);
     }
     this.#settleWaiters();
@@ -260,6 +264,9 @@ export class Receiver implements ZeroCopyReceiver {
     if (this.#readable) {
       throw codedError(Error, 'ERR_TCPZC_ALREADY_READABLE', 'readable() was already called on this receiver');
     }
+    if (this.#piping) {
+      throw codedError(Error, 'ERR_TCPZC_ALREADY_PIPING', 'pipeTo() and readable() take the whole stream, once');
+    }
     if (this.#waitsForPool) {
       // Its chunks return to the pool only when collected: waiting for them can hang.
       throw codedError(
@@ -274,7 +281,12 @@ export class Receiver implements ZeroCopyReceiver {
       highWaterMark: 1,
       read: (): void => {
         this.read().then(
-          (chunk) => stream.push(chunk === null ? null : chunk.data),
+          (chunk) => {
+            if (chunk !== null) stream.push(chunk.data);
+            else if (this.#endedByPeer) stream.push(null);
+            // The socket was destroyed or the receiver closed elsewhere: not the whole stream.
+            else stream.destroy(codedError(Error, 'ERR_STREAM_PREMATURE_CLOSE', 'the stream ended before the peer ended it'));
+          },
           (error: Error) => stream.destroy(error),
         );
       },
@@ -307,66 +319,88 @@ export class Receiver implements ZeroCopyReceiver {
     this.#piping = true;
 
     let failure: Error | null = null;
-    let wake: (() => void) | null = null;
-    let ending = false;
+    let finishedOk = false;
+    let needDrain = false;
+    let pendingWrites = 0;
+    let wake = (): void => {};
+    // One wait at a time: for 'drain', for the last write callbacks, for 'finish'.
+    const waitFor = (condition: () => boolean): Promise<void> =>
+      new Promise<void>((resolve) => {
+        const check = (): void => {
+          if (failure === null && !condition()) return;
+          wake = () => {};
+          resolve();
+        };
+        wake = check;
+        check();
+      });
     const fail = (error: Error): void => {
       if (failure !== null) return;
       failure = error;
-      // A read may be waiting for data that never comes: stop the stream now.
-      this.#stop(error);
-      wake?.();
+      // A read waiting for data that never comes ends now (with null: the error is
+      // pipeTo's to report, and later reads see the end).
+      this.#stop(null);
+      wake();
     };
-    // Errors and an early close of the destination, whenever they happen.
+    const onDrain = (): void => {
+      needDrain = false;
+      wake();
+    };
+    destination.on('drain', onDrain);
+    // Errors and an early close of the destination, whenever they come (eos reports a
+    // close before 'finish' as ERR_STREAM_PREMATURE_CLOSE).
     const stopWatching = finished(destination, { readable: false }, (error) => {
       if (error !== undefined && error !== null) fail(error);
-      else if (!ending) fail(codedError(Error, 'ERR_STREAM_PREMATURE_CLOSE', 'pipeTo(): the destination closed early'));
-      else wake?.();
+      else {
+        finishedOk = true;
+        wake();
+      }
     });
-    const until = (ready: (resolve: () => void) => () => void): Promise<void> =>
-      new Promise<void>((resolve) => {
-        const done = (): void => {
-          wake = null;
-          stopWaiting();
-          resolve();
-        };
-        let stopWaiting = (): void => {};
-        wake = done;
-        stopWaiting = ready(done);
-      });
 
     try {
       for await (const chunk of this) {
-        if (failure !== null) throw failure;
+        if (failure !== null) {
+          chunk.release();
+          throw failure;
+        }
+        pendingWrites++;
         // Released once the destination reports the write done (or failed): only then
         // is Node finished with the memory.
         const flowing = destination.write(chunk.data, (error) => {
           chunk.release();
+          pendingWrites--;
           if (error !== undefined && error !== null) fail(error);
+          else wake();
         });
-        if (!flowing && failure === null) {
-          await until((resolve) => {
-            destination.once('drain', resolve);
-            return () => destination.removeListener('drain', resolve);
-          });
+        if (!flowing) {
+          needDrain = true;
+          await waitFor(() => !needDrain);
         }
         if (failure !== null) throw failure;
       }
+      if (failure !== null) throw failure;
+      if (!this.#endedByPeer) {
+        // The socket was destroyed or the receiver closed elsewhere: the copy is partial.
+        throw codedError(Error, 'ERR_STREAM_PREMATURE_CLOSE', 'pipeTo(): the stream ended before the peer ended it');
+      }
+      await waitFor(() => pendingWrites === 0);
       if (endDestination) {
-        ending = true;
-        if (failure === null && !destination.writableFinished) {
-          await until((resolve) => {
-            destination.end(resolve);
-            return () => {};
-          });
-        }
+        destination.end((error?: Error | null) => {
+          if (error !== undefined && error !== null) fail(error);
+        });
+        await waitFor(() => finishedOk);
       }
       if (failure !== null) throw failure;
+      stopWatching();
     } catch (error) {
-      // As stream.pipeline(): either side failing takes both down (the loop closed us).
+      fail(error as Error);
+      // As stream.pipeline(): either side failing takes both down. The watcher keeps an
+      // 'error' listener on the destination, so its own late 'error' is not unhandled.
+      destination.on('error', () => {});
       if (typeof destination.destroy === 'function' && !destination.destroyed) destination.destroy(error as Error);
       throw error;
     } finally {
-      stopWatching();
+      destination.removeListener('drain', onDrain);
     }
   }
 
@@ -436,14 +470,14 @@ export class Receiver implements ZeroCopyReceiver {
    * or null.
    */
   #stop(reason: Error | null): void {
-    const early = !this.#endTaken;
+    for (const chunk of this.#queue.splice(0)) chunk.release();
+    if (this.#endTaken) return; // the reader already had its end: nothing more to tell it
     this.#endTaken = true; // no 'end' for the socket: the reader did not read to it
     this.#signal?.removeEventListener('abort', this.#onAbort);
-    for (const chunk of this.#queue.splice(0)) chunk.release();
     // A pending stream error is moot now; `reason` takes its place.
     if (this.#ended) this.#error = reason;
     else this.#finish(reason);
-    if (early) this.#lifecycle.abandoned();
+    this.#lifecycle.abandoned();
     this.#settleWaiters();
   }
 

@@ -6,6 +6,7 @@ import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { Writable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
 import * as zlib from 'node:zlib';
 
 import { describe, expect, it } from 'vitest';
@@ -16,6 +17,11 @@ import { listen, loopbackFixture, MiB } from './helpers';
 
 const { servers, sockets, serverAndSender } = loopbackFixture();
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** Resolves at 'close' (events.once would reject at 'error', which is not what is tested). */
+function closeOf(stream: NodeJS.EventEmitter): Promise<void> {
+  return new Promise((resolve) => stream.once('close', () => resolve()));
+}
 
 /** Samples the pool's pinned bytes until stopped; returns the highest seen. */
 function watchPinned(): () => number {
@@ -176,6 +182,105 @@ describe('pipeTo()', () => {
     expect(writable.destroyed).toBe(true);
   });
 
+  it('into a file with no error listener: a reset rejects and the process lives (no unhandled error)', async () => {
+    const file = path.join(os.tmpdir(), `tcpzc-pipeto-rst-${process.pid}.bin`);
+    try {
+      const { socket, sender } = await serverAndSender({ bytes: 8 * MiB, rstAfter: 1_000_000, seed: 70, mss: 4108 });
+      const receiver = attach(socket);
+      await sender.done;
+      const destination = fs.createWriteStream(file);
+      await expect(receiver.pipeTo(destination)).rejects.toMatchObject({ code: 'ECONNRESET' });
+      await closeOf(destination); // an unhandled 'error' here would fail the test run
+      expect(destination.destroyed).toBe(true);
+    } finally {
+      fs.rmSync(file, { force: true });
+    }
+  });
+
+  it('into /dev/full: ENOSPC from an fs.WriteStream rejects, no unhandled error, nothing pinned', async () => {
+    const baseline = poolStats();
+    const { socket } = await serverAndSender({ bytes: 64 * MiB, seed: 71, mss: 4108 });
+    const destination = fs.createWriteStream('/dev/full');
+    await expect(attach(socket).pipeTo(destination)).rejects.toMatchObject({ code: 'ENOSPC' });
+    await closeOf(destination);
+    await sleep(10);
+    expect(poolStats().pinnedBytes).toBe(baseline.pinnedBytes);
+  });
+
+  it('aborting the signal rejects with AbortError; the file stream is destroyed without an unhandled error', async () => {
+    const file = path.join(os.tmpdir(), `tcpzc-pipeto-abort-${process.pid}.bin`);
+    try {
+      const { socket } = await serverAndSender({ bytes: 64 * MiB, seed: 72, mss: 4108, pauseAt: 2 * MiB, pauseMs: 5000 });
+      const controller = new AbortController();
+      const destination = fs.createWriteStream(file);
+      const piping = attach(socket, { signal: controller.signal }).pipeTo(destination);
+      await sleep(100);
+      controller.abort();
+      await expect(piping).rejects.toMatchObject({ name: 'AbortError' });
+      await closeOf(destination);
+    } finally {
+      fs.rmSync(file, { force: true });
+    }
+  });
+
+  it('a destination destroyed while it ends makes pipeTo reject, not resolve', async () => {
+    const { socket } = await serverAndSender({ bytes: MiB, seed: 73, mss: 4108 });
+    const destination = new Writable({
+      write: (_data, _encoding, callback) => setImmediate(callback),
+      final: (callback) => setTimeout(callback, 200), // ending takes a while
+    });
+    destination.on('error', () => {});
+    const piping = attach(socket).pipeTo(destination);
+    const ending = new Promise<void>((resolve) => {
+      const original = destination.end.bind(destination);
+      destination.end = ((...args: Parameters<Writable['end']>) => {
+        const result = original(...args);
+        resolve();
+        return result;
+      }) as Writable['end'];
+    });
+    await ending;
+    destination.destroy();
+    const error = (await piping.then(
+      () => null,
+      (caught: unknown) => caught,
+    )) as { code?: string } | null;
+    expect(['ERR_STREAM_PREMATURE_CLOSE', 'ERR_STREAM_DESTROYED']).toContain(error?.code);
+  });
+
+  it('a socket destroyed mid-stream makes pipeTo and pipeline(readable()) reject: a partial copy is not a success', async () => {
+    for (const how of ['pipeTo', 'readable'] as const) {
+      const { socket } = await serverAndSender({ bytes: 64 * MiB, seed: 74, mss: 4108, pauseAt: 2 * MiB, pauseMs: 5000 });
+      const receiver = attach(socket);
+      const { writable, checker } = checkingWritable(74);
+      const piping = how === 'pipeTo' ? receiver.pipeTo(writable) : pipeline(receiver.readable(), writable);
+      await sleep(150);
+      socket.destroy();
+      await expect(piping).rejects.toMatchObject({ code: 'ERR_STREAM_PREMATURE_CLOSE' });
+      expect(checker.offset).toBe(2 * MiB);
+    }
+  });
+
+  it('{ end: false } resolves only after every write callback', async () => {
+    const baseline = poolStats();
+    const { socket } = await serverAndSender({ bytes: 4 * MiB, seed: 75, mss: 4108 });
+    let outstanding = 0;
+    const destination = new Writable({
+      highWaterMark: 64 * MiB, // never asks for 'drain': writes pile up
+      write: (_data, _encoding, callback) => {
+        outstanding++;
+        setTimeout(() => {
+          outstanding--;
+          callback();
+        }, 20);
+      },
+    });
+    await attach(socket).pipeTo(destination, { end: false });
+    expect(outstanding).toBe(0);
+    // At most the baseline: an earlier test's chunk may be collected meanwhile.
+    expect(poolStats().pinnedBytes).toBeLessThanOrEqual(baseline.pinnedBytes);
+  });
+
   it('refuses a non-stream destination, and a second pipeTo()', async () => {
     const { socket } = await serverAndSender({ bytes: MiB, seed: 69 });
     const receiver = attach(socket);
@@ -185,6 +290,7 @@ describe('pipeTo()', () => {
     await expect(receiver.pipeTo(checkingWritable(69).writable)).rejects.toMatchObject({
       code: 'ERR_TCPZC_ALREADY_PIPING',
     });
+    expect(() => receiver.readable()).toThrow(expect.objectContaining({ code: 'ERR_TCPZC_ALREADY_PIPING' }));
     await first;
   });
 });
