@@ -143,6 +143,32 @@ class ReceivedChunk implements Chunk {
 
 type Waiter = { resolve(chunk: Chunk | null): void; reject(error: Error): void };
 
+/**
+ * One 'abort' listener per signal, however many receivers share it (a server-wide
+ * shutdown signal would otherwise trip EventTarget's listener-leak warning at 11).
+ */
+const abortWatchers = new WeakMap<AbortSignal, Set<() => void>>();
+
+function onAbort(signal: AbortSignal, callback: () => void): () => void {
+  let watchers = abortWatchers.get(signal);
+  if (watchers === undefined) {
+    const set = new Set<() => void>();
+    watchers = set;
+    abortWatchers.set(signal, set);
+    signal.addEventListener(
+      'abort',
+      () => {
+        for (const watcher of [...set]) watcher();
+        set.clear();
+      },
+      { once: true },
+    );
+  }
+  const set = watchers;
+  set.add(callback);
+  return () => set.delete(callback);
+}
+
 /** Chunks queued ahead of the reader before receiving pauses. */
 const READ_AHEAD = 2;
 
@@ -190,7 +216,7 @@ export class Receiver implements ZeroCopyReceiver {
     else this.#finish(this.#closeError);
   };
   readonly #signal: AbortSignal | undefined;
-  readonly #onAbort = (): void => this.#abort();
+  #stopWatchingSignal: () => void = () => {};
 
   readonly #waitsForPool: boolean;
 
@@ -201,7 +227,7 @@ export class Receiver implements ZeroCopyReceiver {
     this.#lifecycle = options.lifecycle(socket);
     socket.once('close', this.#onSocketClose);
     this.#signal = options.signal;
-    this.#signal?.addEventListener('abort', this.#onAbort, { once: true });
+    if (this.#signal !== undefined) this.#stopWatchingSignal = onAbort(this.#signal, () => this.#abort());
   }
 
   readonly #onEvent: NativeEventHandler = (chunks, mappedMask, error, eof) => {
@@ -429,7 +455,7 @@ export class Receiver implements ZeroCopyReceiver {
     const error = this.#error;
     if (!this.#endTaken) {
       this.#endTaken = true;
-      this.#signal?.removeEventListener('abort', this.#onAbort);
+      this.#stopWatchingSignal();
       if (error === null) this.#lifecycle.ended();
     }
     if (error !== null) {
@@ -473,7 +499,7 @@ export class Receiver implements ZeroCopyReceiver {
     for (const chunk of this.#queue.splice(0)) chunk.release();
     if (this.#endTaken) return; // the reader already had its end: nothing more to tell it
     this.#endTaken = true; // no 'end' for the socket: the reader did not read to it
-    this.#signal?.removeEventListener('abort', this.#onAbort);
+    this.#stopWatchingSignal();
     // A pending stream error is moot now; `reason` takes its place.
     if (this.#ended) this.#error = reason;
     else this.#finish(reason);

@@ -422,6 +422,29 @@ describe('leaving early', () => {
     expect(await receiver.read()).toBeNull();
   });
 
+  it('one signal shared by 30 connections: no listener-leak warning, and aborting it stops them all', async () => {
+    const warnings: Error[] = [];
+    const onWarning = (warning: Error): void => void warnings.push(warning);
+    process.on('warning', onWarning);
+    try {
+      const controller = new AbortController();
+      const outcomes: Array<Promise<string>> = [];
+      for (let i = 0; i < 30; i++) {
+        const { client, socket } = await serverAndClient();
+        client.write('x');
+        const receiver = attach(socket, { signal: controller.signal });
+        outcomes.push(countBytes(receiver).then(() => 'ended', (error: Error) => error.name));
+      }
+      await sleep(50);
+      controller.abort();
+      expect(await Promise.all(outcomes)).toEqual(Array.from({ length: 30 }, () => 'AbortError'));
+      await sleep(10);
+      expect(warnings.map((warning) => warning.name)).not.toContain('MaxListenersExceededWarning');
+    } finally {
+      process.removeListener('warning', onWarning);
+    }
+  });
+
   it('an already aborted signal: attach throws AbortError and leaves the socket untouched', async () => {
     const { client, socket } = await serverAndClient();
     expect(() => attach(socket, { signal: AbortSignal.abort() })).toThrow(expect.objectContaining({ name: 'AbortError' }));
