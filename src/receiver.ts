@@ -302,6 +302,8 @@ export class Receiver implements ZeroCopyReceiver {
       );
     }
     this.#readable = true;
+    // Made after close() or after the end was read: it just ends.
+    const endsAtOnce = this.#endTaken;
     const stream: Readable = new Readable({
       // One chunk ahead is enough: chunks are large, and the receiver reads ahead too.
       highWaterMark: 1,
@@ -309,7 +311,7 @@ export class Receiver implements ZeroCopyReceiver {
         this.read().then(
           (chunk) => {
             if (chunk !== null) stream.push(chunk.data);
-            else if (this.#endedByPeer) stream.push(null);
+            else if (this.#endedByPeer || endsAtOnce) stream.push(null);
             // The socket was destroyed or the receiver closed elsewhere: not the whole stream.
             else stream.destroy(codedError(Error, 'ERR_STREAM_PREMATURE_CLOSE', 'the stream ended before the peer ended it'));
           },
