@@ -180,7 +180,7 @@ describe.skipIf(!probe().supported)('the shared page pool', () => {
     expect(socketMappingCount()).toBe(before.mappings);
     expect(poolStats().pinnedBytes).toBe(before.pinned);
     expect(poolStats().liveChunks).toBe(0);
-  }, 300_000); // 1,000 sender processes: slow under ASan on a busy 2-vCPU machine;
+  }, 300_000); // 1,000 sender processes: slow under ASan on a busy 2-vCPU machine
 });
 
 describe.skipIf(!probe().supported)("whenPoolFull: 'wait' cannot hang", () => {
