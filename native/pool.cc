@@ -20,17 +20,20 @@ constexpr size_t kArenaAlign = 2u << 20;
 
 size_t PageFloor(size_t bytes) { return bytes & ~(kPageSize - 1); }
 
-// An empty TCP mapping: at `fixed` (replacing what is there) or anywhere (null). Any TCP
-// socket can make it, and the mapping outlives the socket.
-void* MapTcp(void* fixed, size_t length) {
+// Live copied chunks per pool at most: each is an anonymous mapping of its own, and the
+// process has vm.max_map_count (65530) of them. Beyond it data arrives copied.
+constexpr uint64_t kMaxLiveCopies = 4096;
+
+int TcpSocket() {
   int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, IPPROTO_TCP);
   if (fd < 0) fd = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, IPPROTO_TCP);
-  if (fd < 0) return MAP_FAILED;
-  void* mapped = mmap(fixed, length, PROT_READ, MAP_SHARED | (fixed != nullptr ? MAP_FIXED : 0), fd, 0);
-  int err = errno;
-  close(fd);
-  errno = err;
-  return mapped;
+  return fd;
+}
+
+// An empty TCP mapping: at `fixed` (replacing what is there) or anywhere (null). Any TCP
+// socket can make it, and the mapping outlives the socket.
+void* MapTcp(int fd, void* fixed, size_t length) {
+  return mmap(fixed, length, PROT_READ, MAP_SHARED | (fixed != nullptr ? MAP_FIXED : 0), fd, 0);
 }
 
 }  // namespace
@@ -39,19 +42,24 @@ MappingPool::MappingPool(size_t max_pinned_bytes) : max_pinned_bytes_(max_pinned
 
 MappingPool::~MappingPool() {
   for (Arena& arena : arenas_) munmap(arena.base, arena.size);
+  if (restore_fd_ >= 0) close(restore_fd_);
 }
 
 int MappingPool::AddArena() {
   size_t span = kArenaSize + kArenaAlign;
-  void* raw = MapTcp(nullptr, span);
-  if (raw == MAP_FAILED) return errno;
+  int fd = TcpSocket();
+  if (fd < 0) return errno;
+  void* raw = MapTcp(fd, nullptr, span);
+  int err = errno;
+  close(fd);
+  if (raw == MAP_FAILED) return err;
   uintptr_t start = reinterpret_cast<uintptr_t>(raw);
   uintptr_t aligned = (start + kArenaAlign - 1) & ~(kArenaAlign - 1);
   // Trim to an aligned arena; the mapping is empty, so unmapping parts of it is free.
   if (aligned > start) munmap(raw, aligned - start);
   size_t tail = span - (aligned - start) - kArenaSize;
   if (tail > 0) munmap(reinterpret_cast<void*>(aligned + kArenaSize), tail);
-  Arena arena{reinterpret_cast<uint8_t*>(aligned), kArenaSize, {}};
+  Arena arena{reinterpret_cast<uint8_t*>(aligned), kArenaSize, {}, {}};
   arena.free_runs.emplace(0, kArenaSize);
   arenas_.push_back(std::move(arena));
   return 0;
@@ -59,6 +67,8 @@ int MappingPool::AddArena() {
 
 int MappingPool::Reserve(size_t want, Slot* slot) {
   *slot = Slot{};
+  // Too many chunks turned into copies: treat the pool as full until some come back.
+  if (cow_counters_.live_chunks.load(std::memory_order_relaxed) >= kMaxLiveCopies) return 0;
   size_t pinned = pinned_bytes();
   size_t headroom = max_pinned_bytes_ > pinned ? max_pinned_bytes_ - pinned : 0;
   want = PageFloor(std::min({want, headroom, kArenaSize}));
@@ -126,21 +136,23 @@ void MappingPool::Release(MappedChunk* chunk) {
   live_.erase(reinterpret_cast<uintptr_t>(chunk->address));
   pinned_bytes_ -= chunk->length;
   Arena* arena = ArenaOf(chunk->address);
-  if (copied) {
-    // A private copy sits in the range: put a TCP mapping back (the copy goes with it).
-    if (arena == nullptr || MapTcp(chunk->address, chunk->length) == MAP_FAILED) {
-      retired_bytes_ += chunk->length;  // never handed out again
-      NotifyWaiters();
-      return;
-    }
-    arena->split = true;
-  } else {
+  size_t offset = arena != nullptr ? static_cast<size_t>(chunk->address - arena->base) : 0;
+  if (!copied) {
     // Drop the pages before the range can be handed out again: the next receive into it
     // must find it empty (TLB_CLEAN_HINT), and nothing may read the old payload.
     madvise(chunk->address, chunk->length, MADV_DONTNEED);
+    FreeRange(chunk->address, chunk->length);
+    if (arena != nullptr && HasSeamInside(*arena, offset)) RemapFreeRun(arena, offset);
+  } else {
+    // A private copy sits in the range: its whole free run becomes one TCP mapping again
+    // (the copy goes with it).
+    FreeRange(chunk->address, chunk->length);
+    if (arena == nullptr || !RemapFreeRun(arena, offset)) {
+      madvise(chunk->address, chunk->length, MADV_DONTNEED);  // the copy's memory, at least
+      retired_bytes_ += chunk->length;
+      if (arena != nullptr) TakeRange(arena, offset, chunk->length);
+    }
   }
-  FreeRange(chunk->address, chunk->length);
-  if (arena != nullptr && arena->split) RemapFreeRun(arena, static_cast<size_t>(chunk->address - arena->base));
   NotifyWaiters();
 }
 
@@ -149,20 +161,43 @@ size_t MappingPool::pinned_bytes() const {
   return pinned_bytes_ > copied ? pinned_bytes_ - copied : 0;
 }
 
-// One mapping for the whole free run around `offset`: the VMAs that restores split off
-// inside it become one again, so an arena has about one VMA per live chunk at most.
-void MappingPool::RemapFreeRun(Arena* arena, size_t offset) {
+// One mapping for the whole free run around `offset`: restores a copied range and heals
+// the seams earlier restores left inside the run.
+bool MappingPool::RemapFreeRun(Arena* arena, size_t offset) {
+  auto run = arena->free_runs.upper_bound(offset);
+  if (run == arena->free_runs.begin()) return false;
+  --run;
+  size_t start = run->first;
+  size_t end = run->first + run->second;
+  if (offset >= end) return false;
+  if (restore_fd_ < 0) restore_fd_ = TcpSocket();
+  if (restore_fd_ < 0 || MapTcp(restore_fd_, arena->base + start, end - start) == MAP_FAILED) return false;
+  arena->seams.erase(arena->seams.upper_bound(start), arena->seams.lower_bound(end));
+  if (start > 0) arena->seams.insert(start);
+  if (end < arena->size) arena->seams.insert(end);
+  return true;
+}
+
+bool MappingPool::HasSeamInside(const Arena& arena, size_t offset) const {
+  if (arena.seams.empty()) return false;
+  auto run = arena.free_runs.upper_bound(offset);
+  if (run == arena.free_runs.begin()) return false;
+  --run;
+  auto seam = arena.seams.upper_bound(run->first);
+  return seam != arena.seams.end() && *seam < run->first + run->second;
+}
+
+// Takes [offset, offset + length) out of the free runs for good (retired address space).
+void MappingPool::TakeRange(Arena* arena, size_t offset, size_t length) {
   auto run = arena->free_runs.upper_bound(offset);
   if (run == arena->free_runs.begin()) return;
   --run;
-  if (offset >= run->first + run->second) return;
-  if (MapTcp(arena->base + run->first, run->second) == MAP_FAILED) {
-    // The run's state is unknown now: keep it out of use.
-    retired_bytes_ += run->second;
-    arena->free_runs.erase(run);
-    return;
-  }
-  if (run->first == 0 && run->second == arena->size) arena->split = false;
+  size_t start = run->first;
+  size_t end = run->first + run->second;
+  if (offset < start || offset + length > end) return;
+  arena->free_runs.erase(run);
+  if (offset > start) arena->free_runs.emplace(start, offset - start);
+  if (offset + length < end) arena->free_runs.emplace(offset + length, end - offset - length);
 }
 
 MappingPool::Arena* MappingPool::ArenaOf(const uint8_t* address) {

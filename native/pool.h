@@ -3,6 +3,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <map>
+#include <set>
 #include <memory>
 #include <unordered_map>
 #include <vector>
@@ -102,20 +103,25 @@ class MappingPool : public std::enable_shared_from_this<MappingPool> {
     uint8_t* base;
     size_t size;
     std::map<size_t, size_t> free_runs;  // offset -> length, coalesced
-    // A copied range was mapped again, splitting the arena's VMA (TCP VMAs never merge):
-    // released ranges are re-mapped with their whole free run so the split heals.
-    bool split = false;
+    // Offsets where restoring copied ranges split the arena's VMA (TCP VMAs never merge).
+    // A free run with a seam inside is mapped again as one, so seams only stay next to
+    // live chunks.
+    std::set<size_t> seams;
   };
 
   int AddArena();
   void NotifyWaiters();
   Arena* ArenaOf(const uint8_t* address);
   void FreeRange(uint8_t* address, size_t length);
-  void RemapFreeRun(Arena* arena, size_t offset);
+  // Maps the free run around `offset` again as one TCP mapping; false if it could not.
+  bool RemapFreeRun(Arena* arena, size_t offset);
+  bool HasSeamInside(const Arena& arena, size_t offset) const;
+  void TakeRange(Arena* arena, size_t offset, size_t length);
 
   size_t max_pinned_bytes_;
   size_t pinned_bytes_ = 0;
   size_t retired_bytes_ = 0;
+  int restore_fd_ = -1;  // a TCP socket kept to map copied ranges again, made on first use
   bool copy_on_write_ = true;
   CopyOnWriteCounters cow_counters_;
   double copied_pool_full_bytes_ = 0;

@@ -3,6 +3,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <sys/mman.h>
+#include <ucontext.h>
 
 #include <cerrno>
 #include <cstring>
@@ -45,24 +46,45 @@ struct sigaction g_previous;
 std::once_flag g_install_once;
 bool g_installed = false;
 
-// Hands the fault to whoever handled SIGSEGV before us, as it asked to be called.
+// Hands the fault to whoever handled SIGSEGV before us, as it asked to be called. The
+// kernel reads handler values SIG_DFL and SIG_IGN as such whatever the flags.
 void Chain(int signo, siginfo_t* info, void* context) {
-  if (g_previous.sa_flags & SA_SIGINFO) {
-    if (g_previous.sa_sigaction != nullptr) g_previous.sa_sigaction(signo, info, context);
-    return;
-  }
-  if (g_previous.sa_handler == SIG_IGN) return;
-  if (g_previous.sa_handler == SIG_DFL) {
+  bool from_kernel = info != nullptr && info->si_code > 0;
+  // Ignoring a real fault would re-run the faulting instruction for ever; the kernel
+  // itself forces the default action there.
+  bool take_default = g_previous.sa_handler == SIG_DFL || (g_previous.sa_handler == SIG_IGN && from_kernel);
+  if (g_previous.sa_handler == SIG_IGN && !take_default) return;
+  if (take_default) {
     // The default action: the faulting store runs again and ends the process. A signal
     // sent with kill() has no store to re-run, so send it again (delivered on return).
     struct sigaction default_action;
     std::memset(&default_action, 0, sizeof(default_action));
     default_action.sa_handler = SIG_DFL;
     sigaction(signo, &default_action, nullptr);
-    if (info == nullptr || info->si_code <= 0) raise(signo);
+    if (!from_kernel) raise(signo);
     return;
   }
-  g_previous.sa_handler(signo);
+  struct sigaction previous = g_previous;
+  // A one-shot handler is called once; afterwards the default action applies, as it would
+  // have without us. (Its sa_mask and SA_NODEFER are not emulated.)
+  if (previous.sa_flags & SA_RESETHAND) {
+    std::memset(&g_previous, 0, sizeof(g_previous));
+    g_previous.sa_handler = SIG_DFL;
+  }
+  if (previous.sa_flags & SA_SIGINFO) previous.sa_sigaction(signo, info, context);
+  else previous.sa_handler(signo);
+}
+
+// True for a store (not a read or an instruction fetch) where the CPU tells; elsewhere a
+// permission fault in a read-only chunk can only be a store.
+bool IsWrite(const void* context) {
+#if defined(__x86_64__)
+  const auto* uc = static_cast<const ucontext_t*>(context);
+  return (uc->uc_mcontext.gregs[REG_ERR] & 0x2) != 0;
+#else
+  (void)context;
+  return true;
+#endif
 }
 
 // Puts a private, writable copy of the entry's range in its place. Readers on other
@@ -90,7 +112,9 @@ bool HandleChunkWrite(uintptr_t address) {
     if (!entry.Contains(address)) continue;
     for (;;) {
       state = entry.state.load(std::memory_order_acquire);
-      if (state == kCopied) return entry.Contains(address);  // another thread copied it: retry
+      // Another thread copied it after this store faulted: retry the store. (Only stores
+      // get here, so this cannot spin on a fault of another kind.)
+      if (state == kCopied) return entry.Contains(address);
       if (state == kCopying) {
         sched_yield();
         continue;
@@ -107,6 +131,7 @@ bool HandleChunkWrite(uintptr_t address) {
         CopyOnWriteCounters* pool = entry.pool.load(std::memory_order_relaxed);
         pool->chunks.fetch_add(1, std::memory_order_relaxed);
         pool->live_bytes.fetch_add(length, std::memory_order_relaxed);
+        pool->live_chunks.fetch_add(1, std::memory_order_relaxed);
         entry.receiver.load(std::memory_order_relaxed)->chunks.fetch_add(1, std::memory_order_relaxed);
       }
       entry.state.store(copied ? kCopied : kCopyFailed, std::memory_order_release);
@@ -118,8 +143,9 @@ bool HandleChunkWrite(uintptr_t address) {
 
 void OnSegv(int signo, siginfo_t* info, void* context) {
   int saved_errno = errno;
-  // Only faults the kernel raised carry an address; kill() does not.
-  bool handled = info != nullptr && info->si_code > 0 &&
+  // Only faults the kernel raised carry an address (kill() does not), and a store into a
+  // read-only mapping is a permission fault.
+  bool handled = info != nullptr && info->si_code == SEGV_ACCERR && IsWrite(context) &&
                  HandleChunkWrite(reinterpret_cast<uintptr_t>(info->si_addr));
   errno = saved_errno;
   if (!handled) Chain(signo, info, context);
@@ -134,7 +160,10 @@ bool Install() {
     action.sa_sigaction = OnSegv;
     action.sa_flags = SA_SIGINFO | SA_ONSTACK;
     sigemptyset(&action.sa_mask);
-    g_installed = sigaction(SIGSEGV, &action, &g_previous) == 0;
+    // Read the previous action before ours is live: a fault on another thread in between
+    // must find it, not zeros.
+    if (sigaction(SIGSEGV, nullptr, &g_previous) != 0) return;
+    g_installed = sigaction(SIGSEGV, &action, nullptr) == 0;
   });
   return g_installed;
 }
@@ -174,8 +203,9 @@ bool Unregister(int ticket) {
     if (!entry.state.compare_exchange_strong(state, kClosing, std::memory_order_acq_rel)) continue;
     bool copied = state == kCopied;
     if (copied) {
-      entry.pool.load(std::memory_order_relaxed)
-          ->live_bytes.fetch_sub(entry.length.load(std::memory_order_relaxed), std::memory_order_relaxed);
+      CopyOnWriteCounters* pool = entry.pool.load(std::memory_order_relaxed);
+      pool->live_bytes.fetch_sub(entry.length.load(std::memory_order_relaxed), std::memory_order_relaxed);
+      pool->live_chunks.fetch_sub(1, std::memory_order_relaxed);
     }
     entry.state.store(kFree, std::memory_order_release);
     g_next_hint.store(static_cast<size_t>(ticket), std::memory_order_relaxed);
