@@ -199,3 +199,12 @@ describe.skipIf(!probe().supported)('tcp-zerocopy doctor --listen', () => {
     });
   });
 });
+
+describe('tcp-zerocopy/doctor', () => {
+  it('is importable by name, as package.json exports it', async () => {
+    const { runDoctor } = (await import(require.resolve('tcp-zerocopy/doctor', { paths: [root] }))) as typeof import('../src/doctor');
+    const report = await runDoctor({ selfTest: false });
+    expect(report.selfTest).toEqual({ ran: false, note: 'skipped (--skip-self-test)', runs: [] });
+    expect(report.kernel.supported).toBe(probe().supported);
+  });
+});

@@ -119,8 +119,11 @@ describe('a fresh tarball installed into an empty project', () => {
           path.join(project, 'package-lock.json'),
           JSON.stringify({ name: 'consumer', version: '1.0.0', lockfileVersion: 3, requires: true, packages }),
         );
-        // node-gyp needs Node's headers; offline, take the installed ones.
-        const env = fs.existsSync('/usr/include/node/node_api.h') ? { ...process.env, npm_config_nodedir: '/usr' } : process.env;
+        // node-gyp needs Node's headers; offline, take the installed ones. The consumer's
+        // toolchain runs without the sanitizer runtime `npm run test:asan` preloads.
+        const env: NodeJS.ProcessEnv = { ...process.env };
+        delete env.LD_PRELOAD;
+        if (fs.existsSync('/usr/include/node/node_api.h')) env.npm_config_nodedir = '/usr';
         execFileSync('npm', ['ci', '--offline', '--no-audit', '--no-fund'], { cwd: project, env, stdio: 'pipe' });
 
         const installed = path.join(project, 'node_modules', pkg.name);
