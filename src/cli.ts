@@ -84,9 +84,11 @@ async function main(argv: string[]): Promise<number> {
     return 0;
   }
 
+  const bytes = values.bytes === undefined ? undefined : parseSize(values.bytes);
+  if (bytes !== undefined && bytes < 1 << 20) throw new UsageError('--bytes must be at least 1M');
   const report = await runDoctor({
     selfTest: !values['skip-self-test'],
-    ...(values.bytes === undefined ? {} : { bytes: parseSize(values.bytes) }),
+    ...(bytes === undefined ? {} : { bytes }),
     progress,
   });
   process.stdout.write(values.json ? `${JSON.stringify(report)}\n` : `${formatReport(report)}\n`);

@@ -412,7 +412,12 @@ async function transfer(
     ...(sender === 'zerocopy' ? { mss: 4108 } : {}),
   });
   try {
-    const [socket] = (await once(server, 'connection')) as [net.Socket];
+    // A sender that fails (cannot connect, bad option) ends the wait too.
+    const failed = child.done.then(() => {
+      throw new Error('the sender exited before connecting');
+    });
+    failed.catch(() => undefined);
+    const [socket] = (await Promise.race([once(server, 'connection'), failed])) as [net.Socket];
     const receiver = attach(socket, { chunkSize, mode });
     let received = 0;
     let mapped = 0;
@@ -467,6 +472,28 @@ async function selfTest(options: DoctorOptions): Promise<SelfTest> {
   const chunkSizes = options.chunkSizes ?? [256 * 1024, MiB, 4 * MiB];
   const supported = probe().supported;
   const runs: SelfTestRun[] = [];
+  try {
+    await selfTestRuns(bytes, chunkSizes, supported, runs, progress);
+  } catch (error) {
+    // A report with what ran, not a crash: doctor is what people run when things fail.
+    const message = error instanceof Error ? error.message : String(error);
+    progress(`self-test failed: ${message}`);
+    return { ran: runs.length > 0, note: `self-test failed: ${message}`, runs };
+  }
+  return {
+    ran: true,
+    note: supported ? null : `zero-copy runs skipped: ${probe().reason ?? 'unsupported'}`,
+    runs,
+  };
+}
+
+async function selfTestRuns(
+  bytes: number,
+  chunkSizes: number[],
+  supported: boolean,
+  runs: SelfTestRun[],
+  progress: (line: string) => void,
+): Promise<void> {
   const modes: Array<'zerocopy' | 'copy'> = supported ? ['zerocopy', 'copy'] : ['copy'];
   const total = modes.length * chunkSizes.length + 1;
   let step = 0;
@@ -488,11 +515,6 @@ async function selfTest(options: DoctorOptions): Promise<SelfTest> {
   const plain = await transfer('auto', 'plain', MiB, plainBytes);
   progress(`  ${describeRun(plain)}`);
   runs.push(plain);
-  return {
-    ran: true,
-    note: supported ? null : `zero-copy runs skipped: ${probe().reason ?? 'unsupported'}`,
-    runs,
-  };
 }
 
 function recommend(report: Omit<DoctorReport, 'recommendation'>): DoctorRecommendation {

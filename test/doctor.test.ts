@@ -164,6 +164,7 @@ describe('tcp-zerocopy doctor', () => {
     expect((await runCli(['doctor', '--listen', 'nonsense'])).code).toBe(2);
     expect((await runCli(['frobnicate'])).code).toBe(2);
     expect((await runCli(['doctor', '--no-such-flag'])).code).toBe(2);
+    expect((await runCli(['doctor', '--bytes', '1K'])).code).toBe(2);
   });
 });
 

@@ -2,11 +2,12 @@
 // empty project (offline, from npm's cache) builds only the addon and the sender, loads,
 // and runs its bin. Packs with --ignore-scripts: `prepare` would rewrite dist/ under the
 // tests running in parallel (npm test compiles it first).
-import { execFileSync } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { promisify } from 'node:util';
 
 import { describe, expect, it } from 'vitest';
 
@@ -27,6 +28,9 @@ interface PackResult {
   integrity: string;
   files: { path: string }[];
 }
+
+// Asynchronous where it takes long: a worker blocked for a minute misses vitest's RPC timeout.
+const run = promisify(execFile);
 
 function pack(args: string[]): PackResult {
   const out = execFileSync('npm', ['pack', '--json', '--ignore-scripts', ...args], {
@@ -79,7 +83,7 @@ describe('npm pack', () => {
 describe('a fresh tarball installed into an empty project', () => {
   it(
     'builds only the addon and the sender, loads, and runs `tcp-zerocopy doctor`',
-    () => {
+    async () => {
       const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tcpzc-install-'));
       try {
         const tarball = pack(['--pack-destination', dir]).filename;
@@ -124,7 +128,7 @@ describe('a fresh tarball installed into an empty project', () => {
         const env: NodeJS.ProcessEnv = { ...process.env };
         delete env.LD_PRELOAD;
         if (fs.existsSync('/usr/include/node/node_api.h')) env.npm_config_nodedir = '/usr';
-        execFileSync('npm', ['ci', '--offline', '--no-audit', '--no-fund'], { cwd: project, env, stdio: 'pipe' });
+        await run('npm', ['ci', '--offline', '--no-audit', '--no-fund'], { cwd: project, env, maxBuffer: 64 << 20 });
 
         const installed = path.join(project, 'node_modules', pkg.name);
         const release = path.join(installed, 'build', 'Release');
@@ -136,24 +140,24 @@ describe('a fresh tarball installed into an empty project', () => {
         expect(built).toEqual(['tcp_zerocopy.node', 'zc_sender']);
         expect(fs.existsSync(path.join(installed, 'bench'))).toBe(false);
 
-        const loaded = execFileSync(
+        const { stdout: loaded } = await run(
           process.execPath,
           [
             '-e',
             `const zc = require('tcp-zerocopy'); const t = require('tcp-zerocopy/testing');
              console.log(JSON.stringify({ probe: zc.probe(), sender: require('fs').existsSync(t.senderPath) }))`,
           ],
-          { cwd: project, encoding: 'utf8' },
+          { cwd: project },
         );
         const { probe, sender } = JSON.parse(loaded) as { probe: { supported: boolean; features: { nativeAddon: boolean } }; sender: boolean };
         expect(probe.features.nativeAddon).toBe(true);
         expect(sender).toBe(true);
 
-        const doctor = execFileSync(path.join(project, 'node_modules', '.bin', 'tcp-zerocopy'), ['doctor', '--json', '--skip-self-test'], {
-          cwd: project,
-          encoding: 'utf8',
-          stdio: ['ignore', 'pipe', 'pipe'],
-        });
+        const { stdout: doctor } = await run(
+          path.join(project, 'node_modules', '.bin', 'tcp-zerocopy'),
+          ['doctor', '--json', '--skip-self-test'],
+          { cwd: project },
+        );
         const report = JSON.parse(doctor) as DoctorReport;
         expect(report.package).toEqual({ name: pkg.name, version: pkg.version });
         expect(report.kernel.features.find((f) => f.since === 'runtime' && /addon/.test(f.name))?.available).toBe(true);
