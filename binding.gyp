@@ -39,21 +39,6 @@
           "sources": ["native/sender.cc"],
           "cflags_cc!": ["-std=gnu++17", "-std=gnu++1y", "-std=gnu++20"],
           "cflags_cc": ["<@(zc_cflags)"]
-        },
-        {
-          # Benchmark references: the kernel selftest's zero-copy loop, and plain recv().
-          "target_name": "zc_ref_recv",
-          "type": "executable",
-          "sources": ["bench/native/zc_ref_recv.cc"],
-          "cflags_cc!": ["-std=gnu++17", "-std=gnu++1y", "-std=gnu++20"],
-          "cflags_cc": ["<@(zc_cflags)"]
-        },
-        {
-          "target_name": "recv_ref",
-          "type": "executable",
-          "sources": ["bench/native/recv_ref.cc"],
-          "cflags_cc!": ["-std=gnu++17", "-std=gnu++1y", "-std=gnu++20"],
-          "cflags_cc": ["<@(zc_cflags)"]
         }
       ]
     }, {

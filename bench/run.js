@@ -20,7 +20,28 @@ const { probe } = require('../dist/index.js');
 const { startSender } = require('../dist/testing.js');
 
 const root = path.resolve(__dirname, '..');
-const releaseDir = path.join(root, 'build', 'Release');
+// The C reference receivers are the benchmark's own: built here (not by npm install, which
+// builds only the addon and the sender a consumer needs) into bench/build/.
+const referenceDir = path.join(root, 'bench', 'build');
+const referenceSources = path.join(root, 'bench', 'native');
+
+/**
+ * Compiles bench/native/<name>.cc into bench/build/<name> unless it is up to date.
+ * @param {string} name
+ */
+function buildReference(name) {
+  const source = path.join(referenceSources, `${name}.cc`);
+  const output = path.join(referenceDir, name);
+  const inputs = [source, path.join(referenceSources, 'ref_common.h'), path.join(root, 'native', 'kernel.h')];
+  const built = fs.existsSync(output) ? fs.statSync(output).mtimeMs : 0;
+  if (inputs.every((input) => fs.statSync(input).mtimeMs <= built)) return;
+  fs.mkdirSync(referenceDir, { recursive: true });
+  const cxx = process.env.CXX ?? 'g++';
+  const args = ['-std=c++17', '-Wall', '-Wextra', '-O2', '-o', output, source];
+  console.error(`bench: ${cxx} ${args.join(' ')}`);
+  const result = spawnSync(cxx, args, { stdio: 'inherit' });
+  if (result.status !== 0) throw new Error(`building ${name} failed (${cxx}: ${result.error?.message ?? `exit ${result.status}`})`);
+}
 
 /** @param {string} text */
 function parseSize(text) {
@@ -77,7 +98,7 @@ const passes = [
  */
 async function runOnce(receiver, pass, chunk) {
   const senderOptions = { bytes, seed: 3, ...pass.sender };
-  const command = receiver.bin !== undefined ? path.join(releaseDir, receiver.bin) : process.execPath;
+  const command = receiver.bin !== undefined ? path.join(referenceDir, receiver.bin) : process.execPath;
   const baseArgs = receiver.bin !== undefined ? [] : [path.join(__dirname, 'receiver.js'), '--kind', /** @type {string} */ (receiver.kind)];
   let sender;
   let child;
@@ -160,11 +181,7 @@ function machine() {
 }
 
 async function main() {
-  for (const r of receivers) {
-    if (r.bin !== undefined && !fs.existsSync(path.join(releaseDir, r.bin))) {
-      throw new Error(`${path.join(releaseDir, r.bin)} missing: run npm install`);
-    }
-  }
+  for (const r of receivers) if (r.bin !== undefined) buildReference(r.bin);
   /** @type {{ rep: number, pass: string, chunk: number, receiver: string, report: Report }[]} */
   const runs = [];
   const total = reps * passes.length * chunks.length * receivers.length;

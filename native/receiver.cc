@@ -364,6 +364,7 @@ bool Receiver::RunCycle(int status) {
   // this only means the socket has an error pending: read on (data first, then the
   // error) and watch again afterwards.
   bool pollerr = status == UV_EBADF;
+  copy_cause_ = draining_ ? kDraining : mode_ == Mode::kCopy ? kCopyMode : kFallback;
   if (status < 0 && !pollerr) {
     batch.error = -status;
     batch.syscall = "poll";
@@ -481,6 +482,7 @@ void Receiver::AddMapped(Batch* batch, MappedChunk* chunk) {
   external_buffers_ = false;
   zerocopy_ = false;
   fallback_reason_ = "external buffers refused by the runtime";
+  copy_cause_ = kFallback;
   AddCopied(batch, copy, length);
 }
 
@@ -490,6 +492,7 @@ void Receiver::AddCopied(Batch* batch, napi_value buffer, size_t length) {
   batch->count++;
   batch->bytes += length;
   stats_.bytes_copied += ToDouble(length);
+  stats_.bytes_copied_by_cause[copy_cause_] += ToDouble(length);
   stats_.chunks_copied++;
 }
 
@@ -501,6 +504,7 @@ void Receiver::SwitchToCopy(const char* syscall, int err) {
 void Receiver::ZerocopyCycle(Batch* batch) {
   if (copy_only_cycles_ > 0) {
     copy_only_cycles_--;
+    copy_cause_ = kShortRun;  // the stream was found unmappable
     CopyCycle(batch);
     return;
   }
@@ -528,6 +532,7 @@ void Receiver::ZerocopyCycle(Batch* batch) {
       return;
     }
     double before = stats_.bytes_copied;
+    copy_cause_ = kPoolFull;
     CopyCycle(batch);
     stats_.bytes_copied_pool_full += stats_.bytes_copied - before;
     pool_->CountCopiedPoolFull(stats_.bytes_copied - before);
@@ -556,6 +561,7 @@ void Receiver::ZerocopyCycle(Batch* batch) {
       // FIN received and nothing queued, as the kernel counts it: but it counts only up
       // to a pending urgent mark, so bytes may still follow the urgent byte. recv() steps
       // over it and tells data from the real end.
+      copy_cause_ = kUrgent;
       CopyCycle(batch);
     } else if (mode_ == Mode::kZerocopy) {
       batch->error = err;
@@ -590,11 +596,13 @@ void Receiver::ZerocopyCycle(Batch* batch) {
   if (mapped == 0 && copied == 0 && to_recv == 0) {
     // Nothing mappable or skippable: the urgent mark (recv steps over it), a stream
     // drained after a reset or FIN, or a spurious wake-up. recv() tells which.
+    copy_cause_ = kUrgent;
     CopyCycle(batch);
     return;
   }
   // Bytes the kernel could not map come next: the copybuf leftovers, then the rest of
   // the unmappable run (recv_skip_hint).
+  copy_cause_ = kShortRun;
   if (copied + to_recv > 0) ReadCopied(batch, copied, to_recv);
 }
 
@@ -706,6 +714,11 @@ Napi::Value Receiver::GetStats(const Napi::CallbackInfo& info) {
   stats.Set("zerocopyCalls", stats_.zerocopy_calls);
   stats.Set("recvCalls", stats_.recv_calls);
   stats.Set("poolWaits", stats_.pool_waits);
+  stats.Set("bytesCopiedShortRuns", stats_.bytes_copied_by_cause[kShortRun]);
+  stats.Set("bytesCopiedUrgent", stats_.bytes_copied_by_cause[kUrgent]);
+  stats.Set("bytesCopiedFallback", stats_.bytes_copied_by_cause[kFallback]);
+  stats.Set("bytesCopiedCopyMode", stats_.bytes_copied_by_cause[kCopyMode]);
+  stats.Set("bytesCopiedDraining", stats_.bytes_copied_by_cause[kDraining]);
   stats.Set("chunksCopiedOnWrite", static_cast<double>(copy_on_write_->chunks.load(std::memory_order_relaxed)));
   stats.Set("zerocopy", zerocopy_);
   stats.Set("fallbackReason",

@@ -94,6 +94,10 @@ class Receiver : public Napi::ObjectWrap<Receiver>, private PoolWaiter {
   unsigned zero_map_streak_ = 0;
   unsigned copy_only_cycles_ = 0;
 
+  // Why the bytes copied next could not be mapped; AddCopied counts them under it.
+  enum CopyCause { kShortRun, kUrgent, kPoolFull, kFallback, kCopyMode, kDraining, kCopyCauses };
+  CopyCause copy_cause_ = kFallback;
+
   struct Stats {
     double bytes_mapped = 0;
     double bytes_copied = 0;
@@ -104,6 +108,7 @@ class Receiver : public Napi::ObjectWrap<Receiver>, private PoolWaiter {
     double zerocopy_calls = 0;
     double recv_calls = 0;
     double pool_waits = 0;
+    double bytes_copied_by_cause[kCopyCauses] = {};
   } stats_;
   std::string fallback_reason_;
   // Counted by the write-fault handler on any thread; shared with this receiver's chunks,

@@ -20,6 +20,11 @@ export interface NativeReceiverStats {
   bytesMapped: number;
   bytesCopied: number;
   bytesCopiedPoolFull: number;
+  bytesCopiedShortRuns: number;
+  bytesCopiedUrgent: number;
+  bytesCopiedFallback: number;
+  bytesCopiedCopyMode: number;
+  bytesCopiedDraining: number;
   chunksMapped: number;
   chunksCopied: number;
   wakeups: number;

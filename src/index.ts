@@ -29,6 +29,8 @@ import {
 import { copySocketLifecycle, nativeSocketLifecycle } from './socket-lifecycle';
 
 export type { Chunk, PipeToOptions, ReceiverStats, ZeroCopyReceiver };
+export { isTcpZeroCopyError, TCP_ZEROCOPY_ERROR_CODES } from './errors';
+export type { TcpZeroCopyError, TcpZeroCopyErrorCode, TcpZeroCopyWarningCode } from './errors';
 
 /** Kernel and runtime features zero-copy receive depends on. */
 export interface ProbeFeatures {

@@ -33,6 +33,24 @@ export interface ReceiverStats {
   bytesCopied: number;
   /** Part of bytesCopied copied only because the pool was at its pinned-bytes cap. */
   bytesCopiedPoolFull: number;
+  /**
+   * Part of bytesCopied the kernel could not map because it did not sit in whole 4 KiB
+   * pages: payload runs shorter than a page (MTU below 4096 + headers, a NIC without
+   * header/data split, a loopback sender whose pages are not single pages, messages
+   * under a page), and the copy-only spells a stream found unmappable gets.
+   */
+  bytesCopiedShortRuns: number;
+  /** Part of bytesCopied read past an urgent (MSG_OOB) mark, where mapping stops. */
+  bytesCopiedUrgent: number;
+  /**
+   * Part of bytesCopied copied because zero-copy was unavailable or failed: after a
+   * kernel error in 'auto' mode (see fallbackReason), no addon, or no external Buffers.
+   */
+  bytesCopiedFallback: number;
+  /** Part of bytesCopied copied because the receiver runs in mode 'copy'. */
+  bytesCopiedCopyMode: number;
+  /** Part of bytesCopied drained by copying after Node closed the socket (destroy()). */
+  bytesCopiedDraining: number;
   /** Chunks delivered over mapped pages. */
   chunksMapped: number;
   /** Chunks delivered as copies. */
@@ -266,6 +284,11 @@ export class Receiver implements ZeroCopyReceiver {
       bytesMapped: raw.bytesMapped,
       bytesCopied: raw.bytesCopied,
       bytesCopiedPoolFull: raw.bytesCopiedPoolFull,
+      bytesCopiedShortRuns: raw.bytesCopiedShortRuns,
+      bytesCopiedUrgent: raw.bytesCopiedUrgent,
+      bytesCopiedFallback: raw.bytesCopiedFallback,
+      bytesCopiedCopyMode: raw.bytesCopiedCopyMode,
+      bytesCopiedDraining: raw.bytesCopiedDraining,
       chunksMapped: raw.chunksMapped,
       chunksCopied: raw.chunksCopied,
       wakeups: raw.wakeups,
@@ -531,6 +554,11 @@ export function socketCopySource(socket: net.Socket, onEvent: NativeEventHandler
     bytesMapped: 0,
     bytesCopied: 0,
     bytesCopiedPoolFull: 0,
+    bytesCopiedShortRuns: 0,
+    bytesCopiedUrgent: 0,
+    bytesCopiedFallback: 0,
+    bytesCopiedCopyMode: 0,
+    bytesCopiedDraining: 0,
     chunksMapped: 0,
     chunksCopied: 0,
     wakeups: 0,
@@ -543,6 +571,7 @@ export function socketCopySource(socket: net.Socket, onEvent: NativeEventHandler
   };
   const onData = (data: Buffer): void => {
     stats.bytesCopied += data.length;
+    stats.bytesCopiedFallback += data.length;
     stats.chunksCopied++;
     stats.wakeups++;
     onEvent([data], 0, null, false);

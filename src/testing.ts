@@ -87,7 +87,10 @@ export interface SenderOptions {
   bytes?: number;
   /** Pattern seed, or 'local-port': the sender's own source port (the receiver's remotePort). */
   seed?: number | 'local-port';
-  /** 'zerocopy' (default): MSG_ZEROCOPY sends, the only way to get mappable pages on loopback. */
+  /**
+   * 'zerocopy' (default): MSG_ZEROCOPY sends, mappable on loopback. 'plain': send(), mappable on
+   * loopback only with net.core.high_order_alloc_disable=1.
+   */
   mode?: 'zerocopy' | 'plain';
   /** TCP_MAXSEG before connect; 4108 = 4096 payload + 12-byte timestamp option. */
   mss?: number;

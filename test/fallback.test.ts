@@ -40,6 +40,7 @@ describe.skipIf(!probe().supported)('after a zero-copy error other than end of s
     expect(receiver.stats.path).toBe('copy');
     expect(receiver.stats.fallbackReason).toBe('getsockopt(TCP_ZEROCOPY_RECEIVE) EINVAL');
     expect(receiver.stats.zerocopyCalls).toBe(1);
+    expect(receiver.stats.bytesCopiedFallback).toBe(32 * MiB);
     socket.destroy();
   });
 

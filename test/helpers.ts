@@ -1,10 +1,12 @@
-import { readdirSync, readFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { once } from 'node:events';
 import * as net from 'node:net';
+import * as os from 'node:os';
+import * as path from 'node:path';
 
 import { afterEach } from 'vitest';
 
-import { attach, type AttachOptions, type Chunk, type ZeroCopyReceiver } from '../src/index';
+import { attach, type AttachOptions, type Chunk, type ReceiverStats, type ZeroCopyReceiver } from '../src/index';
 import { PatternChecker, startSender, type Sender, type SenderOptions } from '../src/testing';
 
 /** A loopback server whose accepted sockets have not started reading. */
@@ -145,4 +147,78 @@ export function loopbackFixture() {
   }
 
   return { servers, senders, sockets, serverAndSender, serverAndClient, zerocopyStream };
+}
+
+const SYSCTL_LOCK = path.join(os.tmpdir(), 'tcp-zerocopy-high-order-alloc.lock');
+const HIGH_ORDER_ALLOC = '/proc/sys/net/core/high_order_alloc_disable';
+
+/** net.core.high_order_alloc_disable (global, not per network namespace), or null if absent. */
+export function readHighOrderAllocDisable(): string | null {
+  try {
+    return readFileSync(HIGH_ORDER_ALLOC, 'utf8').trim();
+  } catch {
+    return null;
+  }
+}
+
+/** Sets net.core.high_order_alloc_disable (root only). */
+export function writeHighOrderAllocDisable(value: string): void {
+  writeFileSync(HIGH_ORDER_ALLOC, `${value}\n`);
+}
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/**
+ * Runs `task` holding the lock on net.core.high_order_alloc_disable, across processes
+ * (vitest runs test files in parallel): the test that flips the sysctl and the tests whose
+ * figures depend on it (a plain sender maps 0% only while it is 0) take turns. A lock left
+ * by a dead process is taken over.
+ */
+export async function withHighOrderAllocLock<T>(task: () => Promise<T>): Promise<T> {
+  const deadline = Date.now() + 300_000;
+  for (;;) {
+    try {
+      mkdirSync(SYSCTL_LOCK);
+      writeFileSync(path.join(SYSCTL_LOCK, 'pid'), String(process.pid));
+      break;
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
+      let owner = NaN;
+      try {
+        owner = Number(readFileSync(path.join(SYSCTL_LOCK, 'pid'), 'utf8'));
+      } catch {
+        // Being created or removed right now.
+      }
+      if (Number.isInteger(owner) && owner > 0 && !processAlive(owner)) {
+        rmSync(SYSCTL_LOCK, { recursive: true, force: true });
+        continue;
+      }
+      if (Date.now() > deadline) throw new Error(`${SYSCTL_LOCK} held too long (pid ${owner})`);
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+  }
+  try {
+    return await task();
+  } finally {
+    rmSync(SYSCTL_LOCK, { recursive: true, force: true });
+  }
+}
+
+/** Bytes not mapped, by cause: these add up to stats.bytesCopied. */
+export function sumOfCopyCauses(stats: ReceiverStats): number {
+  return (
+    stats.bytesCopiedShortRuns +
+    stats.bytesCopiedUrgent +
+    stats.bytesCopiedPoolFull +
+    stats.bytesCopiedFallback +
+    stats.bytesCopiedCopyMode +
+    stats.bytesCopiedDraining
+  );
 }
