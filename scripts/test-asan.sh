@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# npm run test:asan: rebuilds the addon and the sender with AddressSanitizer and
+# npm run test:asan: rebuilds the addon with AddressSanitizer and
 # UndefinedBehaviorSanitizer, runs the whole test suite against them, then rebuilds the
 # normal addon (also when the run fails). Node itself is not instrumented, so the ASan
 # runtime is preloaded; leak checking is off because Node's own allocations would drown it.
