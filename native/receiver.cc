@@ -118,6 +118,7 @@ Napi::Function Receiver::Init(Napi::Env env) {
                          InstanceMethod<&Receiver::Close>("close"),
                          InstanceMethod<&Receiver::Drain>("drain"),
                          InstanceMethod<&Receiver::GetStats>("stats"),
+                         InstanceMethod<&Receiver::SetCopying>("setCopying"),
                      });
 }
 
@@ -379,7 +380,7 @@ bool Receiver::RunCycle(int status) {
     batch.syscall = "poll";
   } else if (draining_) {
     DrainCycle(&batch);
-  } else if (zerocopy_) {
+  } else if (zerocopy_ && !copying_by_choice_) {
     ZerocopyCycle(&batch);
   } else {
     CopyCycle(&batch);
@@ -713,6 +714,14 @@ void Receiver::CopyCycle(Batch* batch) {
   ReadCopied(batch, 0, std::min(queued, chunk_size_));
 }
 
+// setCopying(bool): auto mode's choice (src/auto-path.ts), from the next wake-up on.
+// Only 'auto' takes it: 'zerocopy' maps whatever it can, always, and 'copy' never maps.
+Napi::Value Receiver::SetCopying(const Napi::CallbackInfo& info) {
+  bool applied = mode_ == Mode::kAuto && info.Length() > 0 && info[0].IsBoolean();
+  if (applied) copying_by_choice_ = info[0].As<Napi::Boolean>().Value();
+  return Napi::Boolean::New(info.Env(), applied);
+}
+
 Napi::Value Receiver::GetStats(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Napi::Object stats = Napi::Object::New(env);
@@ -726,7 +735,7 @@ Napi::Value Receiver::GetStats(const Napi::CallbackInfo& info) {
   stats.Set("recvCalls", stats_.recv_calls);
   stats.Set("poolWaits", stats_.pool_waits);
   stats.Set("chunksCopiedOnWrite", static_cast<double>(copy_on_write_->chunks.load(std::memory_order_relaxed)));
-  stats.Set("zerocopy", zerocopy_);
+  stats.Set("zerocopy", zerocopy_ && !copying_by_choice_);
   stats.Set("fallbackReason",
             fallback_reason_.empty() ? env.Null() : Napi::String::New(env, fallback_reason_));
   return stats;

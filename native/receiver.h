@@ -49,6 +49,7 @@ class Receiver : public Napi::ObjectWrap<Receiver>, private PoolWaiter {
   Napi::Value Close(const Napi::CallbackInfo& info);
   Napi::Value Drain(const Napi::CallbackInfo& info);
   Napi::Value GetStats(const Napi::CallbackInfo& info);
+  Napi::Value SetCopying(const Napi::CallbackInfo& info);
 
   void OnReadable(int status);
   void OnTimer();
@@ -77,6 +78,7 @@ class Receiver : public Napi::ObjectWrap<Receiver>, private PoolWaiter {
   Mode mode_;
   PoolFull pool_full_policy_;
   bool zerocopy_;           // current path; 'auto' may turn it off for good
+  bool copying_by_choice_ = false;  // 'auto' measured copying as cheaper (setCopying)
   bool external_buffers_;   // false where the runtime refuses external Buffers
   size_t chunk_size_;
   size_t map_size_;         // chunk_size_ rounded down to pages
