@@ -104,7 +104,7 @@ describe.skipIf(!probe().supported)("mode 'auto' on real streams", () => {
   const bytes = 256 * MiB;
 
   async function autoStream(seed: number, onChunk: (chunk: Chunk) => void) {
-    const { receiver, socket } = await zerocopyStream(bytes, seed, { chunkSize: MiB });
+    const { receiver, socket } = await zerocopyStream(bytes, seed, { chunkSize: MiB, mode: 'auto' });
     const received = await drain(receiver, seed, onChunk);
     socket.destroy();
     expect(received.error).toBeNull();
