@@ -17,6 +17,13 @@ namespace {
 constexpr size_t kArenaSize = 64u << 20;
 // 2 MiB alignment keeps a chunk's page-table entries together (as the kernel selftest does).
 constexpr size_t kArenaAlign = 2u << 20;
+// Released chunks of 1 MiB and more have their pages dropped together once this many
+// bytes wait (or when no chunk is live, or space is needed): consecutive chunks sit next
+// to each other in an arena, and one madvise (one TLB flush) serves several. Measured
+// on the project VM, receive path alone at 1 MiB chunks: 10-20% less CPU in 5 of 5
+// interleaved runs; at 256 KiB it cost more in 4 of 5, hence the floor.
+constexpr size_t kMaxReleasedBytes = 8u << 20;
+constexpr size_t kMinBatchedChunk = 1u << 20;
 
 size_t PageFloor(size_t bytes) { return bytes & ~(kPageSize - 1); }
 
@@ -83,6 +90,11 @@ int MappingPool::Reserve(size_t want, Slot* slot) {
     if (best_arena != nullptr && best_run->second >= want) break;
   }
   bool fits = best_arena != nullptr && best_run->second >= want;
+  if (!fits && !released_.empty()) {
+    // Released ranges first, before any new address space.
+    FlushReleased();
+    return Reserve(want, slot);
+  }
   if (!fits && arenas_.size() * kArenaSize < 2 * max_pinned_bytes_ + kArenaSize) {
     int err = AddArena();
     if (err != 0) return err;
@@ -126,6 +138,11 @@ void MappingPool::Release(MappedChunk* chunk) {
   live_.erase(reinterpret_cast<uintptr_t>(chunk->address));
   pinned_bytes_ -= chunk->length;
   Arena* arena = ArenaOf(chunk->address);
+  // Restores split the arena into VMAs that only whole free runs heal: no batching
+  // there. Nor for chunks under 1 MiB: freeing many small chunks' pages late measured
+  // dearer here (the pages the loopback path copies into next are no longer cache-hot).
+  bool batch = !copied && arena != nullptr && !arena->split && chunk->length >= kMinBatchedChunk;
+  if (!batch) FlushReleased();
   if (copied) {
     // A private copy sits in the range: put a TCP mapping back (the copy goes with it).
     if (arena == nullptr || MapTcp(chunk->address, chunk->length) == MAP_FAILED) {
@@ -134,13 +151,39 @@ void MappingPool::Release(MappedChunk* chunk) {
       return;
     }
     arena->split = true;
-  } else {
-    // Drop the pages before the range can be handed out again: the next receive into it
-    // must find it empty (TLB_CLEAN_HINT), and nothing may read the old payload.
+  } else if (!batch) {
     madvise(chunk->address, chunk->length, MADV_DONTNEED);
+  } else {
+    // The pages are dropped before the range can be handed out again (the next receive
+    // into it must find it empty: TLB_CLEAN_HINT), in a batch: JS can no longer see them
+    // (the Buffer is detached), and they no longer count as pinned.
+    if (!released_.empty() && released_.back().first + released_.back().second == chunk->address) {
+      released_.back().second += chunk->length;
+    } else {
+      released_.emplace_back(chunk->address, chunk->length);
+    }
+    released_bytes_ += chunk->length;
+    if (released_bytes_ >= std::min(kMaxReleasedBytes, max_pinned_bytes_ / 8) || live_.empty() || !waiters_.empty()) {
+      FlushReleased();
+    }
+    return;
   }
   FreeRange(chunk->address, chunk->length);
   if (arena != nullptr && arena->split) RemapFreeRun(arena, static_cast<size_t>(chunk->address - arena->base));
+  NotifyWaiters();
+}
+
+void MappingPool::FlushReleased() {
+  if (released_.empty()) return;
+  std::vector<std::pair<uint8_t*, size_t>> ranges;
+  ranges.swap(released_);
+  released_bytes_ = 0;
+  for (const auto& range : ranges) {
+    madvise(range.first, range.second, MADV_DONTNEED);
+    FreeRange(range.first, range.second);
+    Arena* arena = ArenaOf(range.first);
+    if (arena != nullptr && arena->split) RemapFreeRun(arena, static_cast<size_t>(range.first - arena->base));
+  }
   NotifyWaiters();
 }
 
@@ -203,6 +246,7 @@ MappedChunk* MappingPool::Find(const uint8_t* address, size_t length) const {
 
 bool MappingPool::BreakArenasForTesting() {
   if (!live_.empty()) return false;
+  FlushReleased();
   if (arenas_.empty() && AddArena() != 0) return false;
   for (Arena& arena : arenas_) {
     // MAP_FIXED replaces the TCP mapping in place and keeps the range reserved.
