@@ -1,14 +1,25 @@
 #!/usr/bin/env node
 // @ts-check
 // One benchmark receiver in its own process, so its CPU time is its own. Prints
-// {"port":N} once listening (or connects to --connect), receives one stream, reads one
-// byte of every 64-byte line of it ("received" means read), and prints one JSON report:
-// {"bytes","mappedBytes","cpuUserMs","cpuSysMs","elapsedMs","syscalls","maxRssKiB"}.
+// {"port":N} once listening (or connects to --connect), receives one stream, hands every
+// piece of it to one consumer, and prints one JSON report:
+// {"bytes","mappedBytes","cpuUserMs","cpuSysMs","elapsedMs","syscalls","maxRssKiB","path"}.
 //
-//   node bench/receiver.js --kind zerocopy|copy|net-data|net-onread --chunk BYTES
-//                          [--port P | --connect PORT (net-onread)]
+//   node bench/receiver.js --kind zerocopy|copy|auto|net-data|net-onread --chunk BYTES
+//                          [--consumer lines|none|sha256|file|forward]
+//                          [--port P | --connect PORT (net-onread)] [--forward-to PORT]
+//
+// Consumers: 'lines' reads one byte of every 64-byte line; 'none' reads nothing (the
+// receive path's own cost); 'sha256' hashes every chunk with node:crypto; 'file' writes
+// the stream to a file in the OS temp dir (deleted afterwards); 'forward' sends it on to
+// another socket (--forward-to: a sink in another process).
 'use strict';
+const crypto = require('node:crypto');
+const fs = require('node:fs');
 const net = require('node:net');
+const os = require('node:os');
+const path = require('node:path');
+const { once } = require('node:events');
 const { parseArgs } = require('node:util');
 
 const { attach } = require('../dist/index.js');
@@ -19,16 +30,22 @@ const { values } = parseArgs({
     chunk: { type: 'string', default: String(1 << 20) },
     connect: { type: 'string' },
     port: { type: 'string', default: '0' },
-    // For profiling the package alone: skip the per-line reads (not used by run.js).
+    consumer: { type: 'string', default: 'lines' },
+    'forward-to': { type: 'string' },
+    // Kept for bench/profile.sh: the same as --consumer none.
     'no-touch': { type: 'boolean', default: false },
   },
 });
 const kind = values.kind;
 const chunkSize = Number(values.chunk);
+const consumer = values['no-touch'] ? 'none' : values.consumer;
+if (!['lines', 'none', 'sha256', 'file', 'forward'].includes(/** @type {string} */ (consumer))) {
+  console.error(`unknown --consumer ${consumer}`);
+  process.exit(2);
+}
 
 /** @param {Uint8Array} data */
 function touch(data) {
-  if (values['no-touch']) return 0;
   let sum = 0;
   for (let i = 0; i < data.length; i += 64) sum += data[i];
   return sum;
@@ -39,16 +56,25 @@ let started = null;
 let bytes = 0;
 let mappedBytes = 0;
 let checksum = 0;
+/** @type {string | null} */
+let filePath = null;
 
 function begin() {
   started = { cpu: process.cpuUsage(), time: process.hrtime.bigint() };
 }
 
-/** @param {number | null} syscalls */
-function report(syscalls) {
+/** A synchronous consumer of one piece of the stream (lines, none, sha256). @param {Uint8Array} data */
+function consumeSync(data) {
+  if (consumer === 'lines') checksum += touch(data);
+  else if (consumer === 'sha256') checksum += crypto.createHash('sha256').update(data).digest()[0];
+}
+
+/** @param {number | null} syscalls @param {Record<string, unknown>} [extra] */
+function report(syscalls, extra = {}) {
   if (started === null) throw new Error('no connection');
   const cpu = process.cpuUsage(started.cpu);
   const elapsedMs = Number(process.hrtime.bigint() - started.time) / 1e6;
+  if (filePath !== null) fs.rmSync(filePath, { force: true });
   process.stdout.write(
     `${JSON.stringify({
       bytes,
@@ -59,34 +85,57 @@ function report(syscalls) {
       syscalls,
       maxRssKiB: process.resourceUsage().maxRSS,
       checksum,
+      ...extra,
     })}\n`,
     () => process.exit(0),
   );
 }
 
+/** @type {import('node:stream').Writable | null} */
+let sink = null;
+/** @type {number | null} */
+let fileFd = null;
+
 /** @param {net.Socket} socket */
 async function receivePackage(socket) {
+  const mode = kind === 'zerocopy' ? 'zerocopy' : kind === 'copy' ? 'copy' : 'auto';
   begin();
-  const receiver = attach(socket, { chunkSize, mode: kind === 'zerocopy' ? 'zerocopy' : 'copy' });
-  for await (const chunk of receiver) {
-    checksum += touch(chunk.data);
-    bytes += chunk.data.length;
-    if (chunk.mapped) mappedBytes += chunk.data.length;
-    chunk.release();
+  const receiver = attach(socket, { chunkSize, mode });
+  if (sink !== null) {
+    // The package's safe way to hand chunks to asynchronous writers: each chunk is
+    // released in its write callback.
+    await receiver.pipeTo(sink);
+    bytes = receiver.stats.bytesMapped + receiver.stats.bytesCopied;
+    mappedBytes = receiver.stats.bytesMapped;
+  } else {
+    for await (const chunk of receiver) {
+      consumeSync(chunk.data);
+      bytes += chunk.data.length;
+      if (chunk.mapped) mappedBytes += chunk.data.length;
+      chunk.release();
+    }
   }
   const stats = receiver.stats;
   socket.destroy();
-  // The package's own calls: one epoll wake-up, plus getsockopt/recv (and FIONREAD in copy mode).
-  report(stats.wakeups + stats.zerocopyCalls + stats.recvCalls * (kind === 'copy' ? 2 : 1));
+  // The package's own calls: one epoll wake-up, plus getsockopt/recv (and FIONREAD when copying).
+  report(stats.wakeups + stats.zerocopyCalls + stats.recvCalls * (stats.path === 'copy' ? 2 : 1), {
+    path: stats.path,
+    decision: stats.decision ?? null,
+  });
 }
 
 /** @param {net.Socket} socket */
 function receiveData(socket) {
   begin();
   socket.on('data', (data) => {
-    checksum += touch(data);
+    consumeSync(data);
     bytes += data.length;
   });
+  if (sink !== null) {
+    socket.pipe(sink);
+    sink.on('finish', () => report(null));
+    return;
+  }
   socket.on('end', () => {
     socket.destroy();
     report(null);
@@ -105,8 +154,19 @@ async function receiveOnread() {
     onread: {
       buffer,
       callback: (size, buf) => {
-        checksum += touch(buf.subarray(0, size));
         bytes += size;
+        // The buffer is reused by the next read: write it out (a file) or copy it
+        // (a socket) before returning; pause while the socket's buffer is full.
+        if (fileFd !== null) {
+          fs.writeSync(fileFd, buf, 0, size);
+        } else if (sink !== null) {
+          if (!sink.write(Buffer.from(buf.subarray(0, size)))) {
+            sink.once('drain', () => socket.resume());
+            return false;
+          }
+        } else {
+          consumeSync(buf.subarray(0, size));
+        }
         return true;
       },
     },
@@ -114,23 +174,38 @@ async function receiveOnread() {
   socket.on('connect', begin);
   socket.on('end', () => {
     socket.destroy();
-    report(null);
+    if (fileFd !== null) fs.closeSync(fileFd);
+    if (sink !== null) sink.end(() => report(null));
+    else report(null);
   });
 }
 
-if (kind === 'net-onread') {
-  void receiveOnread();
-} else if (kind === 'zerocopy' || kind === 'copy' || kind === 'net-data') {
-  const server = net.createServer({ pauseOnConnect: kind !== 'net-data' }, (socket) => {
-    server.close();
-    if (kind === 'net-data') receiveData(socket);
-    else void receivePackage(socket);
-  });
-  server.listen(Number(values.port), '127.0.0.1', () => {
-    const address = /** @type {net.AddressInfo} */ (server.address());
-    process.stdout.write(`${JSON.stringify({ port: address.port })}\n`);
-  });
-} else {
-  console.error(`unknown --kind ${kind}`);
-  process.exit(2);
+async function main() {
+  if (consumer === 'file') {
+    filePath = path.join(os.tmpdir(), `tcpzc-bench-${process.pid}.out`);
+    if (kind === 'net-onread') fileFd = fs.openSync(filePath, 'w');
+    else sink = fs.createWriteStream(filePath);
+  } else if (consumer === 'forward') {
+    const socket = net.connect({ port: Number(values['forward-to']), host: '127.0.0.1' });
+    await once(socket, 'connect');
+    sink = socket;
+  }
+  if (kind === 'net-onread') {
+    await receiveOnread();
+  } else if (kind === 'zerocopy' || kind === 'copy' || kind === 'auto' || kind === 'net-data') {
+    const server = net.createServer({ pauseOnConnect: kind !== 'net-data' }, (socket) => {
+      server.close();
+      if (kind === 'net-data') receiveData(socket);
+      else void receivePackage(socket);
+    });
+    server.listen(Number(values.port), '127.0.0.1', () => {
+      const address = /** @type {net.AddressInfo} */ (server.address());
+      process.stdout.write(`${JSON.stringify({ port: address.port })}\n`);
+    });
+  } else {
+    console.error(`unknown --kind ${kind}`);
+    process.exit(2);
+  }
 }
+
+void main();

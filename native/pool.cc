@@ -17,6 +17,13 @@ namespace {
 constexpr size_t kArenaSize = 64u << 20;
 // 2 MiB alignment keeps a chunk's page-table entries together (as the kernel selftest does).
 constexpr size_t kArenaAlign = 2u << 20;
+// Released chunks of 1 MiB and more have their pages dropped together once this many
+// bytes wait (or when no chunk is live, or space is needed): consecutive chunks sit next
+// to each other in an arena, and one madvise (one TLB flush) serves several. Measured
+// on the project VM, receive path alone at 1 MiB chunks: 10-20% less CPU in 5 of 5
+// interleaved runs; at 256 KiB it cost more in 4 of 5, hence the floor.
+constexpr size_t kMaxReleasedBytes = 8u << 20;
+constexpr size_t kMinBatchedChunk = 1u << 20;
 
 size_t PageFloor(size_t bytes) { return bytes & ~(kPageSize - 1); }
 
@@ -93,6 +100,11 @@ int MappingPool::Reserve(size_t want, Slot* slot) {
     if (best_arena != nullptr && best_run->second >= want) break;
   }
   bool fits = best_arena != nullptr && best_run->second >= want;
+  if (!fits && !released_.empty()) {
+    // Released ranges first, before any new address space.
+    FlushReleased();
+    return Reserve(want, slot);
+  }
   if (!fits && arenas_.size() * kArenaSize < 2 * max_pinned_bytes_ + kArenaSize) {
     int err = AddArena();
     if (err != 0) return err;
@@ -137,13 +149,12 @@ void MappingPool::Release(MappedChunk* chunk) {
   pinned_bytes_ -= chunk->length;
   Arena* arena = ArenaOf(chunk->address);
   size_t offset = arena != nullptr ? static_cast<size_t>(chunk->address - arena->base) : 0;
-  if (!copied) {
-    // Drop the pages before the range can be handed out again: the next receive into it
-    // must find it empty (TLB_CLEAN_HINT), and nothing may read the old payload.
-    madvise(chunk->address, chunk->length, MADV_DONTNEED);
-    FreeRange(chunk->address, chunk->length);
-    if (arena != nullptr && HasSeamInside(*arena, offset)) RemapFreeRun(arena, offset);
-  } else {
+  // Restores leave seams that only whole free runs heal: no batching in such arenas. Nor
+  // for chunks under 1 MiB: freeing many small chunks' pages late measured dearer here
+  // (the pages the loopback path copies into next are no longer cache-hot).
+  bool batch = !copied && arena != nullptr && arena->seams.empty() && chunk->length >= kMinBatchedChunk;
+  if (!batch) FlushReleased();
+  if (copied) {
     // A private copy sits in the range: its whole free run becomes one TCP mapping again
     // (the copy goes with it).
     FreeRange(chunk->address, chunk->length);
@@ -152,6 +163,41 @@ void MappingPool::Release(MappedChunk* chunk) {
       retired_bytes_ += chunk->length;
       if (arena != nullptr) TakeRange(arena, offset, chunk->length);
     }
+  } else if (!batch) {
+    // Drop the pages before the range can be handed out again: the next receive into it
+    // must find it empty (TLB_CLEAN_HINT), and nothing may read the old payload.
+    madvise(chunk->address, chunk->length, MADV_DONTNEED);
+    FreeRange(chunk->address, chunk->length);
+    if (arena != nullptr && HasSeamInside(*arena, offset)) RemapFreeRun(arena, offset);
+  } else {
+    // The pages are dropped before the range can be handed out again (the next receive
+    // into it must find it empty: TLB_CLEAN_HINT), in a batch: JS can no longer see them
+    // (the Buffer is detached), and they no longer count as pinned.
+    if (!released_.empty() && released_.back().first + released_.back().second == chunk->address) {
+      released_.back().second += chunk->length;
+    } else {
+      released_.emplace_back(chunk->address, chunk->length);
+    }
+    released_bytes_ += chunk->length;
+    if (released_bytes_ >= std::min(kMaxReleasedBytes, max_pinned_bytes_ / 8) || live_.empty() || !waiters_.empty()) {
+      FlushReleased();
+    }
+    return;
+  }
+  NotifyWaiters();
+}
+
+void MappingPool::FlushReleased() {
+  if (released_.empty()) return;
+  std::vector<std::pair<uint8_t*, size_t>> ranges;
+  ranges.swap(released_);
+  released_bytes_ = 0;
+  for (const auto& range : ranges) {
+    madvise(range.first, range.second, MADV_DONTNEED);
+    FreeRange(range.first, range.second);
+    Arena* arena = ArenaOf(range.first);
+    size_t offset = arena != nullptr ? static_cast<size_t>(range.first - arena->base) : 0;
+    if (arena != nullptr && HasSeamInside(*arena, offset)) RemapFreeRun(arena, offset);
   }
   NotifyWaiters();
 }
@@ -238,6 +284,7 @@ MappedChunk* MappingPool::Find(const uint8_t* address, size_t length) const {
 
 bool MappingPool::BreakArenasForTesting() {
   if (!live_.empty()) return false;
+  FlushReleased();
   if (arenas_.empty() && AddArena() != 0) return false;
   for (Arena& arena : arenas_) {
     // MAP_FIXED replaces the TCP mapping in place and keeps the range reserved.

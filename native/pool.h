@@ -111,6 +111,9 @@ class MappingPool : public std::enable_shared_from_this<MappingPool> {
 
   int AddArena();
   void NotifyWaiters();
+  // Drops the pages of every released range not dropped yet (one madvise per run of
+  // adjacent ranges) and gives the ranges back.
+  void FlushReleased();
   Arena* ArenaOf(const uint8_t* address);
   void FreeRange(uint8_t* address, size_t length);
   // Maps the free run around `offset` again as one TCP mapping; false if it could not.
@@ -128,6 +131,10 @@ class MappingPool : public std::enable_shared_from_this<MappingPool> {
   std::vector<Arena> arenas_;
   std::unordered_map<uintptr_t, MappedChunk*> live_;
   std::vector<PoolWaiter*> waiters_;
+  // Released ranges whose pages are still there, adjacent ones merged: one madvise (one
+  // TLB flush) for several chunks instead of one each.
+  std::vector<std::pair<uint8_t*, size_t>> released_;
+  size_t released_bytes_ = 0;
   alignas(64) uint8_t copybuf_[4096];
 };
 

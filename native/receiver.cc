@@ -118,6 +118,7 @@ Napi::Function Receiver::Init(Napi::Env env) {
                          InstanceMethod<&Receiver::Close>("close"),
                          InstanceMethod<&Receiver::Drain>("drain"),
                          InstanceMethod<&Receiver::GetStats>("stats"),
+                         InstanceMethod<&Receiver::SetCopying>("setCopying"),
                      });
 }
 
@@ -316,9 +317,19 @@ void Receiver::OnPoolSpace() {
 
 void Receiver::SetLowWater(int bytes) {
   if (handles_ == nullptr) return;
-  // The kernel caps the value at half the receive buffer; failures only cost batching.
+  // The kernel caps the value at half the receive buffer limit; failures only cost
+  // batching. The value in force is read back: it, not chunkSize, is what a wake-up can
+  // bring, so it decides when the mark goes up again after a stall.
   setsockopt(handles_->fd, SOL_SOCKET, SO_RCVLOWAT, &bytes, sizeof(bytes));
   low_water_is_one_ = bytes == 1;
+  bytes_at_low_water_one_ = 0;
+  if (!low_water_is_one_) {
+    int in_force = 0;
+    socklen_t len = sizeof(in_force);
+    if (getsockopt(handles_->fd, SOL_SOCKET, SO_RCVLOWAT, &in_force, &len) == 0 && in_force > 0) {
+      high_low_water_ = static_cast<size_t>(in_force);
+    }
+  }
 }
 
 void Receiver::ArmFlushTimer() {
@@ -370,7 +381,7 @@ bool Receiver::RunCycle(int status) {
     batch.syscall = "poll";
   } else if (draining_) {
     DrainCycle(&batch);
-  } else if (zerocopy_) {
+  } else if (zerocopy_ && !copying_by_choice_) {
     ZerocopyCycle(&batch);
   } else {
     CopyCycle(&batch);
@@ -383,8 +394,14 @@ bool Receiver::RunCycle(int status) {
   }
   if (!batch.Empty() && !batch.abandoned) {
     if (flush_delay_ms_ > 0 && !draining_) {
-      if (low_water_is_one_ && batch.bytes >= chunk_size_ / 2) {
-        SetLowWater(static_cast<int>(chunk_size_));
+      if (low_water_is_one_) {
+        // Data flows again once a wake-up brings half of what the high mark would wait
+        // for, or a high mark's worth arrived in small wake-ups (a receiver that keeps
+        // up sees only small ones, and the kernel's cap can keep even the first from
+        // reaching half a large chunk).
+        size_t high = std::min(chunk_size_, high_low_water_);
+        bytes_at_low_water_one_ += batch.bytes;
+        if (batch.bytes >= high / 2 || bytes_at_low_water_one_ >= high) SetLowWater(static_cast<int>(chunk_size_));
       }
       ArmFlushTimer();
     }
@@ -580,8 +597,11 @@ void Receiver::ZerocopyCycle(Batch* batch) {
   size_t copied = zc.copybuf_address != 0 && zc.copybuf_len > 0
                       ? std::min<size_t>(static_cast<size_t>(zc.copybuf_len), kCopybufSize)
                       : 0;
-  // Exactly the unmappable run, so the stream lines up with pages again after it.
-  size_t to_recv = std::min<size_t>(zc.recv_skip_hint, chunk_size_);
+  // Exactly the unmappable run, so the stream lines up with pages again after it. When
+  // the slot filled up, the hint is only the rest of the current packet, which may well
+  // be mappable: leave it queued for the next call (copying it cost up to 3% of the
+  // mapped share at 64 KiB chunks).
+  size_t to_recv = mapped < slot.length ? std::min<size_t>(zc.recv_skip_hint, chunk_size_) : 0;
   if (chunk != nullptr) AddMapped(batch, chunk);
 
   if (mapped == 0) {
@@ -702,6 +722,14 @@ void Receiver::CopyCycle(Batch* batch) {
   ReadCopied(batch, 0, std::min(queued, chunk_size_));
 }
 
+// setCopying(bool): auto mode's choice (src/auto-path.ts), from the next wake-up on.
+// Only 'auto' takes it: 'zerocopy' maps whatever it can, always, and 'copy' never maps.
+Napi::Value Receiver::SetCopying(const Napi::CallbackInfo& info) {
+  bool applied = mode_ == Mode::kAuto && info.Length() > 0 && info[0].IsBoolean();
+  if (applied) copying_by_choice_ = info[0].As<Napi::Boolean>().Value();
+  return Napi::Boolean::New(info.Env(), applied);
+}
+
 Napi::Value Receiver::GetStats(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Napi::Object stats = Napi::Object::New(env);
@@ -720,7 +748,7 @@ Napi::Value Receiver::GetStats(const Napi::CallbackInfo& info) {
   stats.Set("bytesCopiedCopyMode", stats_.bytes_copied_by_cause[kCopyMode]);
   stats.Set("bytesCopiedDraining", stats_.bytes_copied_by_cause[kDraining]);
   stats.Set("chunksCopiedOnWrite", static_cast<double>(copy_on_write_->chunks.load(std::memory_order_relaxed)));
-  stats.Set("zerocopy", zerocopy_);
+  stats.Set("zerocopy", zerocopy_ && !copying_by_choice_);
   stats.Set("fallbackReason",
             fallback_reason_.empty() ? env.Null() : Napi::String::New(env, fallback_reason_));
   return stats;

@@ -70,6 +70,8 @@ export interface NativeReceiver {
   close(): void;
   drain(): void;
   stats(): NativeReceiverStats;
+  /** Auto mode's choice: copy (true) or map (false) from the next wake-up; false if not 'auto'. */
+  setCopying(copying: boolean): boolean;
 }
 
 export interface NativeBinding {
@@ -77,6 +79,8 @@ export interface NativeBinding {
   releaseChunk(buffer: Buffer): boolean;
   detachBuffer(buffer: Buffer): boolean;
   poolStats(): NativePoolStats;
+  /** CPU time of the calling thread in ns (CLOCK_THREAD_CPUTIME_ID). */
+  threadCpuNs(): number;
   configure(options: { maxPinnedBytes?: number; copyOnWrite?: boolean }): void;
   /** Tests only: makes the kernel refuse every later receive into this thread's pool. */
   _breakPoolForTesting(): boolean;

@@ -29,6 +29,7 @@ import {
 import { copySocketLifecycle, nativeSocketLifecycle } from './socket-lifecycle';
 
 export type { Chunk, PipeToOptions, ReceiverStats, ZeroCopyReceiver };
+export type { MeasuredCost, ReceivePath } from './auto-path';
 export { isTcpZeroCopyError, TCP_ZEROCOPY_ERROR_CODES } from './errors';
 export type { TcpZeroCopyError, TcpZeroCopyErrorCode, TcpZeroCopyWarningCode } from './errors';
 
@@ -72,10 +73,13 @@ export interface AttachOptions {
    */
   chunkSize?: number;
   /**
-   * 'auto' (default): map what the kernel can, copy the rest, and copy for good after any
-   * zero-copy error other than end of stream (see stats.fallbackReason).
-   * 'zerocopy': as 'auto', but zero-copy errors fail the stream, and attach() throws where
-   * zero-copy is unsupported. 'copy': never map.
+   * 'auto' (default): measures what mapping and what copying cost on this host with this
+   * consumer (thread CPU per byte delivered, over windows of max(16 MiB, 4 chunks)), uses
+   * the cheaper, and measures both again every 64 windows; `stats.decision` says which and
+   * why. It copies for good after a zero-copy error other than end of stream
+   * (`stats.fallbackReason`). 'zerocopy': maps whatever can be mapped, always; zero-copy
+   * errors fail the stream, and attach() throws where zero-copy is unsupported.
+   * 'copy': never maps.
    */
   mode?: 'auto' | 'zerocopy' | 'copy';
   /**
@@ -131,6 +135,8 @@ const DEFAULT_CHUNK_SIZE = 1 << 20;
 const MIN_CHUNK_SIZE = 4096;
 const MAX_CHUNK_SIZE = 64 << 20;
 const DEFAULT_FLUSH_DELAY_MS = 20;
+/** Auto mode's smallest measurement window. */
+const AUTO_WINDOW_BYTES = 16 * 1024 * 1024;
 const OPTION_NAMES = new Set(['chunkSize', 'mode', 'whenPoolFull', 'flushDelayMs', 'signal']);
 
 let cachedProbe: ProbeResult | null = null;
@@ -264,10 +270,16 @@ export function attach(socket: net.Socket, options: AttachOptions = {}): ZeroCop
     try {
       const source = (onEvent: NativeEventHandler): NativeReceiver => new Native(fd, nativeOptions, onEvent);
       // The source first: if the addon refuses the fd, the socket is left untouched.
+      const binding = native;
+      const measure = settings.mode === 'auto' && probe().supported;
       receiver = new Receiver(socket, source, {
         waitsForPool: settings.whenPoolFull === 'wait',
         signal: settings.signal,
         lifecycle: nativeSocketLifecycle,
+        autoPath: measure
+          ? { windowBytes: Math.max(AUTO_WINDOW_BYTES, 4 * settings.chunkSize), cpuNs: () => binding.threadCpuNs() }
+          : undefined,
+        autoUnavailable: settings.mode === 'auto' && !measure ? (probe().reason ?? 'zero-copy unavailable') : undefined,
       });
     } catch (error) {
       throw explainNativeError(error);
@@ -280,6 +292,7 @@ export function attach(socket: net.Socket, options: AttachOptions = {}): ZeroCop
     receiver = new Receiver(socket, (onEvent) => socketCopySource(socket, onEvent, reason), {
       signal: settings.signal,
       lifecycle: copySocketLifecycle,
+      autoUnavailable: settings.mode === 'auto' ? reason : undefined,
     });
   }
   attachedSockets.add(socket);

@@ -39,6 +39,7 @@ describe.skipIf(!probe().supported)('after a zero-copy error other than end of s
     expect(received.mappedBytes).toBe(0);
     expect(receiver.stats.path).toBe('copy');
     expect(receiver.stats.fallbackReason).toBe('getsockopt(TCP_ZEROCOPY_RECEIVE) EINVAL');
+    expect(receiver.stats.decision).toBe('copy: getsockopt(TCP_ZEROCOPY_RECEIVE) EINVAL');
     expect(receiver.stats.zerocopyCalls).toBe(1);
     expect(receiver.stats.bytesCopiedFallback).toBe(32 * MiB);
     socket.destroy();

@@ -140,10 +140,13 @@ export function loopbackFixture() {
     return { client, socket, server };
   }
 
-  /** A MSG_ZEROCOPY stream at MSS 4108 of `bytes`, attached with `options`. */
+  /**
+   * A MSG_ZEROCOPY stream at MSS 4108 of `bytes`, attached with `options`; in mode
+   * 'zerocopy' unless `options.mode` says otherwise (auto mode may choose to copy).
+   */
   async function zerocopyStream(bytes: number, seed: number, options: AttachOptions = {}) {
     const { sender, socket } = await serverAndSender({ bytes, seed, mss: 4108 });
-    return { receiver: attach(socket, options), socket, sender };
+    return { receiver: attach(socket, { mode: 'zerocopy', ...options }), socket, sender };
   }
 
   return { servers, senders, sockets, serverAndSender, serverAndClient, zerocopyStream };

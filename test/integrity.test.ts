@@ -14,7 +14,7 @@ describe('stream integrity', () => {
     servers.push(server);
     const sender = startSender({ port, bytes: 256 * MiB, seed: 11, mss: 4108 });
     const socket = await accepted;
-    const receiver = attach(socket);
+    const receiver = attach(socket, { mode: 'zerocopy' });
     const received = await drain(receiver, 11);
     socket.destroy();
     const sent = await sender.done;
@@ -103,7 +103,7 @@ describe('client sockets', () => {
   it('maps on a client socket paused before it connected', async () => {
     const sender = startSender({ port: 0, listen: true, bytes: 64 * MiB, seed: 15, mss: 4108 });
     const socket = await connectPaused(await sender.listening);
-    const receiver = attach(socket);
+    const receiver = attach(socket, { mode: 'zerocopy' });
     const received = await drain(receiver, 15);
     socket.destroy();
     await sender.done;

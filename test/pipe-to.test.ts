@@ -65,7 +65,7 @@ describe('pipeTo()', () => {
     try {
       const baseline = poolStats();
       const { socket } = await serverAndSender({ bytes: 256 * MiB, seed: 61, mss: 4108 });
-      const receiver = attach(socket);
+      const receiver = attach(socket, { mode: 'zerocopy' });
       const stopWatching = watchPinned();
       await receiver.pipeTo(fs.createWriteStream(file));
       const peak = stopWatching();

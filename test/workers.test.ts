@@ -12,10 +12,10 @@ import { MiB } from './helpers';
 const workerScript = `
 const { parentPort, workerData } = require('node:worker_threads');
 const net = require('node:net');
-const { attach } = require(workerData.entry);
+const { attach, probe } = require(workerData.entry);
 const { PatternChecker } = require(workerData.testing);
 const server = net.createServer({ pauseOnConnect: true }, async (socket) => {
-  const receiver = attach(socket);
+  const receiver = attach(socket, { mode: probe().supported ? 'zerocopy' : 'auto' });
   const checker = new PatternChecker(workerData.seed);
   let mapped = 0;
   for await (const chunk of receiver) {

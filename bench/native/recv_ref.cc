@@ -29,11 +29,12 @@ using namespace refbench;
 
 void usage(FILE* out) {
   fprintf(out,
-          "usage: %s [--port P] [--chunk N] [--no-lowat] [--verify SEED]\n"
+          "usage: %s [--port P] [--chunk N] [--no-lowat] [--verify SEED] [--no-touch]\n"
           "  --port P       listen on 127.0.0.1:P (default 0: ephemeral)\n"
           "  --chunk N      bytes per recv() and SO_RCVLOWAT, K/M suffixes (default 512K)\n"
           "  --no-lowat     leave SO_RCVLOWAT at 1\n"
-          "  --verify SEED  check every byte against the zc_sender pattern of SEED\n",
+          "  --verify SEED  check every byte against the zc_sender pattern of SEED\n"
+          "  --no-touch     read nothing received (the receive loop's own cost)\n",
           g_prog);
 }
 
@@ -49,6 +50,7 @@ int main(int argc, char** argv) {
                              {"chunk", required_argument, nullptr, 'c'},
                              {"no-lowat", no_argument, nullptr, 'l'},
                              {"verify", required_argument, nullptr, 'v'},
+                             {"no-touch", no_argument, nullptr, 'n'},
                              {"help", no_argument, nullptr, 'h'},
                              {nullptr, 0, nullptr, 0}};
   for (int o; (o = getopt_long(argc, argv, "", longopts, nullptr)) != -1;) {
@@ -56,6 +58,7 @@ int main(int argc, char** argv) {
       case 'p': port = static_cast<uint16_t>(parse_num("port", optarg, 0, 65535, false)); break;
       case 'c': chunk = parse_num("chunk", optarg, 1, kMaxChunk, true); break;
       case 'l': lowat = false; break;
+      case 'n': c.touch = false; break;
       case 'v':
         c.verify = true;
         c.seed = static_cast<uint32_t>(parse_num("verify", optarg, 0, UINT32_MAX, false));

@@ -55,11 +55,12 @@ uint8_t* map_region(int fd, size_t chunk) {
 
 void usage(FILE* out) {
   fprintf(out,
-          "usage: %s [--port P] [--chunk N] [--verify SEED]\n"
+          "usage: %s [--port P] [--chunk N] [--verify SEED] [--no-touch]\n"
           "  --port P       listen on 127.0.0.1:P (default 0: ephemeral)\n"
           "  --chunk N      bytes per receive and SO_RCVLOWAT, a multiple of 4096,\n"
           "                 K/M suffixes (default 512K)\n"
-          "  --verify SEED  check every byte against the zc_sender pattern of SEED\n",
+          "  --verify SEED  check every byte against the zc_sender pattern of SEED\n"
+          "  --no-touch     read nothing received (the receive loop's own cost)\n",
           g_prog);
 }
 
@@ -73,12 +74,14 @@ int main(int argc, char** argv) {
   const option longopts[] = {{"port", required_argument, nullptr, 'p'},
                              {"chunk", required_argument, nullptr, 'c'},
                              {"verify", required_argument, nullptr, 'v'},
+                             {"no-touch", no_argument, nullptr, 'n'},
                              {"help", no_argument, nullptr, 'h'},
                              {nullptr, 0, nullptr, 0}};
   for (int o; (o = getopt_long(argc, argv, "", longopts, nullptr)) != -1;) {
     switch (o) {
       case 'p': port = static_cast<uint16_t>(parse_num("port", optarg, 0, 65535, false)); break;
       case 'c': chunk = parse_num("chunk", optarg, kPage, kMaxChunk, true); break;
+      case 'n': c.touch = false; break;
       case 'v':
         c.verify = true;
         c.seed = static_cast<uint32_t>(parse_num("verify", optarg, 0, UINT32_MAX, false));
