@@ -720,7 +720,8 @@ export async function listenDoctor(options: ListenOptions): Promise<void> {
     const id = nextId++;
     const remote = `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? '?'}`;
     socket.on('error', () => undefined);
-    const receiver = attach(socket, { chunkSize: options.chunkSize ?? MiB, mode: 'auto' });
+    // 'zerocopy': the question is what this path maps; 'auto' may settle on copying.
+    const receiver = attach(socket, { chunkSize: options.chunkSize ?? MiB, mode: 'zerocopy' });
     let bytes = 0;
     let error: string | null = null;
     const report = (event: 'progress' | 'closed'): void => {

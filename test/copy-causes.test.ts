@@ -11,7 +11,7 @@ const { serverAndSender } = loopbackFixture();
 describe.skipIf(!probe().supported)('copied bytes by cause', () => {
   it('a MSG_ZEROCOPY stream at MSS 4108 is mapped; what is copied is accounted for', async () => {
     const { socket } = await serverAndSender({ bytes: 64 * MiB, seed: 91, mss: 4108 });
-    const receiver = attach(socket);
+    const receiver = attach(socket, { mode: 'zerocopy' });
     const received = await drain(receiver, 91);
     const { stats } = receiver;
     expect(received.bytes).toBe(64 * MiB);
@@ -26,7 +26,7 @@ describe.skipIf(!probe().supported)('copied bytes by cause', () => {
     // kernel put the first one in the stream (TCP has one urgent pointer).
     const marks = [3 * MiB + 7];
     const { socket } = await serverAndSender({ bytes: 8 * MiB, seed: 92, mss: 4108, oobAt: marks });
-    const receiver = attach(socket, { chunkSize: 256 * 1024 });
+    const receiver = attach(socket, { chunkSize: 256 * 1024, mode: 'zerocopy' });
     const received = await drain(receiver, 92);
     const { stats } = receiver;
     // Urgent bytes are out of band: the stream has the rest, in order.
@@ -41,7 +41,7 @@ describe.skipIf(!probe().supported)('copied bytes by cause', () => {
     configure({ maxPinnedBytes: 4 * MiB });
     try {
       const { socket } = await serverAndSender({ bytes: 32 * MiB, seed: 93, mss: 4108 });
-      const receiver = attach(socket, { chunkSize: MiB });
+      const receiver = attach(socket, { chunkSize: MiB, mode: 'zerocopy' });
       // Hold every mapped chunk to the end: the cap fills and the rest arrives copied.
       const held: Chunk[] = [];
       let bytes = 0;

@@ -25,7 +25,7 @@ async function plainNodeClient(seed: number): Promise<{ bytes: number; mappedByt
   try {
     await once(client, 'connect');
     const socket = await accepted;
-    const receiver = attach(socket);
+    const receiver = attach(socket, { mode: 'zerocopy' });
     void (async () => {
       for (let offset = 0; offset < BYTES; offset += MiB) {
         const block = Buffer.allocUnsafe(MiB);

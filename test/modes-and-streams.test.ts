@@ -49,7 +49,7 @@ describe('modes', () => {
       const sender = startSender({ port, bytes: 128 * MiB, seed: 73, mode: 'plain' });
       senders.push(sender);
       const socket = await accepted;
-      const receiver = attach(socket, { chunkSize: MiB });
+      const receiver = attach(socket, { chunkSize: MiB, mode: 'zerocopy' });
       const received = await drain(receiver, 73);
       expect(received.bytes).toBe(128 * MiB);
       expect(received.mappedBytes).toBe(0);
