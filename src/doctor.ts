@@ -329,16 +329,10 @@ function interfaces(): DoctorInterface[] {
     const pagesPerSegment = tcpPayload === null ? 0 : Math.floor(tcpPayload / PAGE);
     const wholePages = tcpPayload !== null && pagesPerSegment > 0 && tcpPayload % PAGE === 0;
     const mappableShare = tcpPayload === null || tcpPayload === 0 ? 0 : (pagesPerSegment * PAGE) / tcpPayload;
+    const measured = { name, mtu, state, loopback, tcpPayload, pagesPerSegment, wholePages, mappableShare };
     if (loopback) {
       return {
-        name,
-        mtu,
-        state,
-        loopback,
-        tcpPayload,
-        pagesPerSegment,
-        wholePages,
-        mappableShare,
+        ...measured,
         headerSplit: 'n/a',
         headerSplitNote: 'loopback has no NIC: the sender’s pages are handed over as they are',
         verdict: 'loopback: mappable from a MSG_ZEROCOPY sender, or from any sender with high_order_alloc_disable=1',
@@ -358,14 +352,7 @@ function interfaces(): DoctorInterface[] {
       verdict = 'no header/data split: payload is not page-aligned, expect about 0% mapped';
     }
     return {
-      name,
-      mtu,
-      state,
-      loopback,
-      tcpPayload,
-      pagesPerSegment,
-      wholePages,
-      mappableShare,
+      ...measured,
       headerSplit: split.state,
       headerSplitNote: split.note,
       verdict,
