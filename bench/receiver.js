@@ -1,13 +1,18 @@
 #!/usr/bin/env node
 // @ts-check
 // One benchmark receiver in its own process, so its CPU time is its own. Prints
-// {"port":N} once listening (or connects to --connect), receives one stream, hands every
+// {"port":N} once listening (or {"ready":true} for net-onread, which connects to the port on
+// each "go PORT" line of stdin), receives one stream, hands every
 // piece of it to one consumer, and prints one JSON report:
 // {"bytes","mappedBytes","cpuUserMs","cpuSysMs","elapsedMs","syscalls","maxRssKiB","path"}.
 //
 //   node bench/receiver.js --kind zerocopy|copy|auto|net-data|net-onread --chunk BYTES
-//                          [--consumer lines|none|sha256|file|forward]
-//                          [--port P | --connect PORT (net-onread)] [--forward-to PORT]
+//                          [--consumer lines|none|sha256|file|forward] [--streams N]
+//                          [--port P] [--forward-to PORT]
+//
+// --streams N: receive N connections one after the other and report only the last; the
+// ones before warm the process up (JIT, pool, page tables) as a long-running server is
+// warm. net-onread connects once per "go PORT" line on stdin.
 //
 // Consumers: 'lines' reads one byte of every 64-byte line; 'none' reads nothing (the
 // receive path's own cost); 'sha256' hashes every chunk with node:crypto; 'file' writes
@@ -28,10 +33,10 @@ const { values } = parseArgs({
   options: {
     kind: { type: 'string' },
     chunk: { type: 'string', default: String(1 << 20) },
-    connect: { type: 'string' },
     port: { type: 'string', default: '0' },
     consumer: { type: 'string', default: 'lines' },
     'forward-to': { type: 'string' },
+    streams: { type: 'string', default: '1' },
     // Kept for bench/profile.sh: the same as --consumer none.
     'no-touch': { type: 'boolean', default: false },
   },
@@ -39,6 +44,9 @@ const { values } = parseArgs({
 const kind = values.kind;
 const chunkSize = Number(values.chunk);
 const consumer = values['no-touch'] ? 'none' : values.consumer;
+const streams = Math.max(1, Number(values.streams));
+/** Streams received so far, the current one included. */
+let streamNumber = 0;
 if (!['lines', 'none', 'sha256', 'file', 'forward'].includes(/** @type {string} */ (consumer))) {
   console.error(`unknown --consumer ${consumer}`);
   process.exit(2);
@@ -59,8 +67,18 @@ let checksum = 0;
 /** @type {string | null} */
 let filePath = null;
 
+/** A new stream starts: counts begin afresh (only the last stream is reported). */
 function begin() {
+  streamNumber++;
+  bytes = 0;
+  mappedBytes = 0;
+  checksum = 0;
   started = { cpu: process.cpuUsage(), time: process.hrtime.bigint() };
+}
+
+/** The stream ended: report it if it was the last, or wait for the next. @param {() => void} reportIt */
+function streamDone(reportIt) {
+  if (streamNumber >= streams) reportIt();
 }
 
 /** A synchronous consumer of one piece of the stream (lines, none, sha256). @param {Uint8Array} data */
@@ -100,11 +118,12 @@ let fileFd = null;
 async function receivePackage(socket) {
   const mode = kind === 'zerocopy' ? 'zerocopy' : kind === 'copy' ? 'copy' : 'auto';
   begin();
+  const last = streamNumber >= streams;
   const receiver = attach(socket, { chunkSize, mode });
   if (sink !== null) {
     // The package's safe way to hand chunks to asynchronous writers: each chunk is
     // released in its write callback.
-    await receiver.pipeTo(sink);
+    await receiver.pipeTo(sink, { end: last });
     bytes = receiver.stats.bytesMapped + receiver.stats.bytesCopied;
     mappedBytes = receiver.stats.bytesMapped;
   } else {
@@ -118,38 +137,53 @@ async function receivePackage(socket) {
   const stats = receiver.stats;
   socket.destroy();
   // The package's own calls: one epoll wake-up, plus getsockopt/recv (and FIONREAD when copying).
-  report(stats.wakeups + stats.zerocopyCalls + stats.recvCalls * (stats.path === 'copy' ? 2 : 1), {
-    path: stats.path,
-    decision: stats.decision ?? null,
-  });
+  streamDone(() =>
+    report(stats.wakeups + stats.zerocopyCalls + stats.recvCalls * (stats.path === 'copy' ? 2 : 1), {
+      path: stats.path,
+      decision: stats.decision ?? null,
+    }),
+  );
 }
 
 /** @param {net.Socket} socket */
 function receiveData(socket) {
   begin();
+  const last = streamNumber >= streams;
   socket.on('data', (data) => {
     consumeSync(data);
     bytes += data.length;
   });
   if (sink !== null) {
-    socket.pipe(sink);
-    sink.on('finish', () => report(null));
+    socket.pipe(sink, { end: last });
+    if (last) sink.on('finish', () => report(null));
     return;
   }
   socket.on('end', () => {
     socket.destroy();
-    report(null);
+    streamDone(() => report(null));
   });
 }
 
-async function receiveOnread() {
-  // Connect only when the driver says go (after it started counting our syscalls).
+/** Connects once per "go PORT" line on stdin (sent after the driver started counting). */
+function receiveOnread() {
   process.stdout.write(`${JSON.stringify({ ready: true })}\n`);
-  await new Promise((resolve) => process.stdin.once('data', resolve));
-  process.stdin.pause();
   const buffer = Buffer.allocUnsafe(chunkSize);
+  let pending = '';
+  process.stdin.on('data', (data) => {
+    pending += data.toString();
+    for (let newline = pending.indexOf('\n'); newline >= 0; newline = pending.indexOf('\n')) {
+      const line = pending.slice(0, newline);
+      pending = pending.slice(newline + 1);
+      const port = /^go (\d+)$/.exec(line.trim())?.[1];
+      if (port !== undefined) connectOnread(Number(port), buffer);
+    }
+  });
+}
+
+/** @param {number} port @param {Buffer} buffer */
+function connectOnread(port, buffer) {
   const socket = net.connect({
-    port: Number(values.connect),
+    port,
     host: '127.0.0.1',
     onread: {
       buffer,
@@ -174,9 +208,12 @@ async function receiveOnread() {
   socket.on('connect', begin);
   socket.on('end', () => {
     socket.destroy();
-    if (fileFd !== null) fs.closeSync(fileFd);
-    if (sink !== null) sink.end(() => report(null));
-    else report(null);
+    streamDone(() => {
+      process.stdin.pause();
+      if (fileFd !== null) fs.closeSync(fileFd);
+      if (sink !== null) sink.end(() => report(null));
+      else report(null);
+    });
   });
 }
 
@@ -191,10 +228,11 @@ async function main() {
     sink = socket;
   }
   if (kind === 'net-onread') {
-    await receiveOnread();
+    receiveOnread();
   } else if (kind === 'zerocopy' || kind === 'copy' || kind === 'auto' || kind === 'net-data') {
+    let accepted = 0;
     const server = net.createServer({ pauseOnConnect: kind !== 'net-data' }, (socket) => {
-      server.close();
+      if (++accepted >= streams) server.close();
       if (kind === 'net-data') receiveData(socket);
       else void receivePackage(socket);
     });

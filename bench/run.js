@@ -10,10 +10,13 @@
 // reads one byte of every 64-byte line, 'none' reads nothing (the receive path alone),
 // 'sha256' hashes every chunk, 'file' writes to a file, 'forward' sends it on to a socket
 // (a C sink in another process). Chunk sizes 64K..4M, repetitions interleaved, medians
-// reported with min-max. Writes bench/results/<date>.json, .md and .svg.
+// reported with min-max. Each receiver process first takes one unmeasured warm-up stream
+// (--warmup, default 64M; 0 for none), so the figures are a running server's, not its
+// start-up's (JIT, first page tables). Writes bench/results/<date>.json, .md and .svg.
 //
 //   npm run bench [-- --quick] [--reps N] [--bytes 1G] [--chunks 64K,256K,1M,4M] [--only a,e]
 //                 [--consumers lines,none,sha256,file,forward] [--passes zerocopy,plain]
+//                 [--warmup 64M]
 'use strict';
 const { spawn, spawnSync } = require('node:child_process');
 const { once } = require('node:events');
@@ -72,11 +75,14 @@ const { values } = parseArgs({
     only: { type: 'string' },
     consumers: { type: 'string', default: 'lines,none,sha256,file,forward' },
     passes: { type: 'string', default: 'zerocopy,plain' },
+    warmup: { type: 'string', default: '64M' },
     out: { type: 'string', default: path.join(root, 'bench', 'results') },
   },
 });
 const bytes = parseSize(values.bytes ?? (values.quick ? '256M' : '1G'));
 const reps = Math.max(1, Number(values.reps));
+/** Each receiver process first takes one unmeasured stream of this size (0: none). */
+const warmupBytes = parseSize(values.warmup);
 const chunks = values.chunks.split(',').map(parseSize);
 /** Which receivers run with which consumer (the C ones only read or not). */
 const consumerReceivers = {
@@ -118,7 +124,7 @@ const passes = [
  * @returns {Promise<Report>}
  */
 async function runOnce(receiver, pass, chunk, consumer) {
-  const senderOptions = { bytes, seed: 3, ...pass.sender };
+  const senderOptions = { seed: 3, ...pass.sender };
   const command = receiver.bin !== undefined ? path.join(referenceDir, receiver.bin) : process.execPath;
   const baseArgs =
     receiver.bin !== undefined
@@ -135,16 +141,9 @@ async function runOnce(receiver, pass, chunk, consumer) {
     const [line] = /** @type {[Buffer]} */ (await once(/** @type {import('node:stream').Readable} */ (sinkProcess.stdout), 'data'));
     baseArgs.push('--forward-to', String(/\{"port":(\d+)\}/.exec(line.toString())?.[1]));
   }
-  let sender;
-  let child;
+  const streams = warmupBytes > 0 ? 2 : 1;
   const stdio = /** @type {const} */ (['pipe', 'pipe', 'inherit']);
-  if (receiver.connects) {
-    sender = startSender({ ...senderOptions, port: 0, listen: true });
-    const port = await sender.listening;
-    child = spawn(command, [...baseArgs, '--chunk', String(chunk), '--connect', String(port)], { stdio });
-  } else {
-    child = spawn(command, [...baseArgs, '--chunk', String(chunk), '--port', '0'], { stdio });
-  }
+  const child = spawn(command, [...baseArgs, '--chunk', String(chunk), '--streams', String(streams), '--port', '0'], { stdio });
   let stdout = '';
   /** @type {(line: string) => void} */
   let onReady = () => undefined;
@@ -155,13 +154,25 @@ async function runOnce(receiver, pass, chunk, consumer) {
   });
   const exited = new Promise((resolve) => child.on('close', resolve));
   const firstLine = /** @type {string} */ (await ready);
+  const listeningPort = Number(/\{"port":(\d+)\}/.exec(firstLine)?.[1]);
+  /** One stream from a sender to the receiver (which connects to it, or it to the receiver). @param {number} streamBytes */
+  const startStream = async (streamBytes) => {
+    if (!receiver.connects) return startSender({ ...senderOptions, bytes: streamBytes, port: listeningPort });
+    const sender = startSender({ ...senderOptions, bytes: streamBytes, port: 0, listen: true });
+    child.stdin.write(`go ${await sender.listening}\n`);
+    return sender;
+  };
+  if (warmupBytes > 0) {
+    // Not measured: the receiver's first stream warms it up (JIT, pool, page tables) as a
+    // server that has been running is warm.
+    await (await startStream(warmupBytes)).done;
+  }
   const finishCount = perfWorks ? await countSyscalls(/** @type {number} */ (child.pid)) : null;
-  if (receiver.connects) child.stdin.write('go\n');
-  else sender = startSender({ ...senderOptions, port: Number(/\{"port":(\d+)\}/.exec(firstLine)?.[1]) });
+  const sender = await startStream(bytes);
   child.stdin.end();
   const code = await exited;
   const syscalls = finishCount === null ? null : await finishCount();
-  const sent = await /** @type {NonNullable<typeof sender>} */ (sender).done;
+  const sent = await sender.done;
   if (forwardSink !== null && forwardSink.exitCode === null) await once(forwardSink, 'close');
   if (code !== 0) throw new Error(`${receiver.name} exited with ${code}`);
   const report = /** @type {Report} */ (JSON.parse(stdout.trim().split('\n').pop() ?? ''));
@@ -226,7 +237,7 @@ async function main() {
   const total = reps * passes.length * chunks.length * consumers.reduce((n, c) => n + receiversFor(c).length, 0);
   const started = Date.now();
   console.error(
-    `bench: ${sizeName(bytes)} per transfer, ${reps} repetitions, ${total} transfers; ` +
+    `bench: ${sizeName(bytes)} per transfer${warmupBytes > 0 ? ` (after ${sizeName(warmupBytes)} to warm up)` : ''}, ${reps} repetitions, ${total} transfers; ` +
       `syscalls ${perfWorks ? 'counted by perf (raw_syscalls:sys_enter)' : 'self-reported where possible (install linux-perf to count all)'}`,
   );
   for (let rep = 1; rep <= reps; rep++) {
@@ -280,16 +291,30 @@ async function main() {
   /** @param {string} pass @param {number} chunk @param {string} id @param {string} [consumer] */
   const row = (pass, chunk, id, consumer = 'lines') =>
     rows.find((r) => r.pass === pass && r.chunk === chunk && r.receiver === id && r.consumer === consumer);
+  // Ratios pair the runs of one repetition (interleaved, so close in time and in what else
+  // the host was doing) and take the median of those ratios: steadier on a noisy host than
+  // a ratio of two medians.
+  /** @param {{ pass: string, chunk: number, consumer: string }} r @param {string} id @param {number} rep */
+  const cpuIn = (r, id, rep) => {
+    const run = runs.find((x) => x.rep === rep && x.pass === r.pass && x.chunk === r.chunk && x.consumer === r.consumer && x.receiver === id);
+    return run === undefined ? undefined : cpuPerGB(run.report);
+  };
+  /** @param {{ pass: string, chunk: number, consumer: string, receiver: string }} r @param {string[]} others the cheapest of these per repetition */
+  const pairedRatio = (r, others) => {
+    const ratios = [];
+    for (let rep = 1; rep <= reps; rep++) {
+      const mine = cpuIn(r, r.receiver, rep);
+      const theirs = others.map((id) => cpuIn(r, id, rep));
+      if (mine === undefined || theirs.some((x) => x === undefined)) return null;
+      ratios.push(mine / Math.min(.../** @type {number[]} */ (theirs)));
+    }
+    return ratios.length > 0 ? median(ratios) : null;
+  };
   for (const r of rows) {
-    const net = row(r.pass, r.chunk, 'c', r.consumer);
-    const ref = row(r.pass, r.chunk, 'e', r.consumer);
-    const a = row(r.pass, r.chunk, 'a', r.consumer);
-    const b = row(r.pass, r.chunk, 'b', r.consumer);
-    const best = a !== undefined && b !== undefined ? Math.min(a.cpuMsPerGB.median, b.cpuMsPerGB.median) : null;
     Object.assign(r, {
-      cpuVsNetSocket: net !== undefined ? r.cpuMsPerGB.median / net.cpuMsPerGB.median : null,
-      cpuVsCReference: ref !== undefined ? r.cpuMsPerGB.median / ref.cpuMsPerGB.median : null,
-      cpuVsBestMode: best !== null ? r.cpuMsPerGB.median / best : null,
+      cpuVsNetSocket: pairedRatio(r, ['c']),
+      cpuVsCReference: pairedRatio(r, ['e']),
+      cpuVsBestMode: pairedRatio(r, ['a', 'b']),
     });
   }
 
@@ -298,6 +323,7 @@ async function main() {
     date: new Date().toISOString(),
     machine: machine(),
     bytesPerTransfer: bytes,
+    warmupBytes,
     reps,
     chunks,
     consumers,
@@ -363,7 +389,7 @@ function renderMarkdown(result) {
   const m = result.machine;
   const lines = [
     `Machine: ${m.cpus} x ${m.cpu}, ${m.memoryGiB} GiB, Linux ${m.kernel}, Node ${m.node}. ` +
-      `Date: ${result.date.slice(0, 10)}. ${sizeName(result.bytesPerTransfer)} per transfer, median of ${result.reps} (min-max).`,
+      `Date: ${result.date.slice(0, 10)}. ${sizeName(result.bytesPerTransfer)} per transfer${result.warmupBytes > 0 ? ` after a ${sizeName(result.warmupBytes)} warm-up stream per receiver process` : ''}, median of ${result.reps} (min-max); ratios are medians of each repetition's ratio.`,
     '',
   ];
   const consumerNames = {

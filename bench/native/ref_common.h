@@ -100,8 +100,8 @@ inline double tv_ms(const timeval& a, const timeval& b) {
   return (b.tv_sec - a.tv_sec) * 1e3 + (b.tv_usec - a.tv_usec) / 1e3;
 }
 
-// Listens on 127.0.0.1:port, announces the port and returns the one accepted connection.
-inline int listen_and_accept(uint16_t port) {
+// Listens on 127.0.0.1:port and announces the port; connections are taken with accept_one.
+inline int listen_announce(uint16_t port) {
   const int ls = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (ls < 0) die_sys("socket");
   const int one = 1;
@@ -118,9 +118,12 @@ inline int listen_and_accept(uint16_t port) {
   if (getsockname(ls, reinterpret_cast<sockaddr*>(&addr), &len) != 0) die_sys("getsockname");
   printf("{\"port\":%u}\n", ntohs(addr.sin_port));
   fflush(stdout);
+  return ls;
+}
+
+inline int accept_one(int ls) {
   const int fd = accept4(ls, nullptr, nullptr, SOCK_CLOEXEC);
   if (fd < 0) die_sys("accept");
-  close(ls);
   return fd;
 }
 

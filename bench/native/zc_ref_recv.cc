@@ -6,9 +6,11 @@
 // recv(recv_skip_hint bytes). It is the leanest loop the kernel API allows (no pool, no copybuf),
 // the yardstick the library's zero-copy path is measured against. Kernel facts: shared/KERNEL.md.
 //
-// usage: zc_ref_recv [--port P] [--chunk N] [--verify SEED]
-// Listens on 127.0.0.1:P (0 = ephemeral), prints {"port":N}, accepts one connection, receives
-// until EOF, prints one JSON line of statistics. Exit 0 success, 1 error, 2 usage error.
+// usage: zc_ref_recv [--port P] [--chunk N] [--verify SEED] [--no-touch] [--streams N]
+// Listens on 127.0.0.1:P (0 = ephemeral), prints {"port":N}, accepts N connections one after
+// the other (default 1), receives each until EOF, and prints one JSON line of statistics for
+// the last: the ones before warm the process up as a long-running server is warm. Exit 0
+// success, 1 error, 2 usage error.
 
 #include <getopt.h>
 #include <poll.h>
@@ -53,50 +55,8 @@ uint8_t* map_region(int fd, size_t chunk) {
   return reinterpret_cast<uint8_t*>(start);
 }
 
-void usage(FILE* out) {
-  fprintf(out,
-          "usage: %s [--port P] [--chunk N] [--verify SEED] [--no-touch]\n"
-          "  --port P       listen on 127.0.0.1:P (default 0: ephemeral)\n"
-          "  --chunk N      bytes per receive and SO_RCVLOWAT, a multiple of 4096,\n"
-          "                 K/M suffixes (default 512K)\n"
-          "  --verify SEED  check every byte against the zc_sender pattern of SEED\n"
-          "  --no-touch     read nothing received (the receive loop's own cost)\n",
-          g_prog);
-}
-
-}  // namespace
-
-int main(int argc, char** argv) {
-  g_prog = "zc_ref_recv";
-  uint16_t port = 0;
-  size_t chunk = 512 * 1024;
-  Consumer c;
-  const option longopts[] = {{"port", required_argument, nullptr, 'p'},
-                             {"chunk", required_argument, nullptr, 'c'},
-                             {"verify", required_argument, nullptr, 'v'},
-                             {"no-touch", no_argument, nullptr, 'n'},
-                             {"help", no_argument, nullptr, 'h'},
-                             {nullptr, 0, nullptr, 0}};
-  for (int o; (o = getopt_long(argc, argv, "", longopts, nullptr)) != -1;) {
-    switch (o) {
-      case 'p': port = static_cast<uint16_t>(parse_num("port", optarg, 0, 65535, false)); break;
-      case 'c': chunk = parse_num("chunk", optarg, kPage, kMaxChunk, true); break;
-      case 'n': c.touch = false; break;
-      case 'v':
-        c.verify = true;
-        c.seed = static_cast<uint32_t>(parse_num("verify", optarg, 0, UINT32_MAX, false));
-        break;
-      case 'h': usage(stdout); return 0;
-      default: usage(stderr); return 2;
-    }
-  }
-  if (optind < argc) die(2, "unexpected argument '%s'", argv[optind]);
-  // Only whole pages are mapped, and the mapping's tail must end on a page boundary.
-  if (chunk % kPage != 0) die(2, "--chunk must be a multiple of %zu", kPage);
-
-  const int fd = listen_and_accept(port);
-  const Sample start = sample();
-
+// Receives one connection until EOF; returns the bytes mapped, counts its syscalls.
+uint64_t receive_stream(int fd, size_t chunk, Consumer& c, uint64_t& syscalls) {
   // Wake up only once a whole chunk is queued (or FIN), so one getsockopt maps a chunk. The
   // kernel caps it at half of tcp_rmem[2] (or of a locked SO_RCVBUF): fine, just fewer bytes.
   const int lowat = static_cast<int>(chunk);
@@ -111,7 +71,6 @@ int main(int argc, char** argv) {
   uint8_t* const buf = static_cast<uint8_t*>(mem);
 
   uint64_t mapped = 0;
-  uint64_t syscalls = 0;
   for (;;) {
     pollfd pfd{fd, POLLIN, 0};
     syscalls++;
@@ -159,5 +118,65 @@ int main(int argc, char** argv) {
     }
   }
 
-  return print_report(start, sample(), c, mapped, syscalls);
+  if (munmap(region, chunk) != 0) die_sys("munmap");
+  free(mem);
+  return mapped;
+}
+
+void usage(FILE* out) {
+  fprintf(out,
+          "usage: %s [--port P] [--chunk N] [--verify SEED] [--no-touch] [--streams N]\n"
+          "  --port P       listen on 127.0.0.1:P (default 0: ephemeral)\n"
+          "  --chunk N      bytes per receive and SO_RCVLOWAT, a multiple of 4096,\n"
+          "                 K/M suffixes (default 512K)\n"
+          "  --verify SEED  check every byte against the zc_sender pattern of SEED\n"
+          "  --no-touch     read nothing received (the receive loop's own cost)\n"
+          "  --streams N    receive N connections in turn, report the last (default 1)\n",
+          g_prog);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  g_prog = "zc_ref_recv";
+  uint16_t port = 0;
+  size_t chunk = 512 * 1024;
+  int streams = 1;
+  Consumer c;
+  const option longopts[] = {{"port", required_argument, nullptr, 'p'},
+                             {"chunk", required_argument, nullptr, 'c'},
+                             {"verify", required_argument, nullptr, 'v'},
+                             {"no-touch", no_argument, nullptr, 'n'},
+                             {"streams", required_argument, nullptr, 's'},
+                             {"help", no_argument, nullptr, 'h'},
+                             {nullptr, 0, nullptr, 0}};
+  for (int o; (o = getopt_long(argc, argv, "", longopts, nullptr)) != -1;) {
+    switch (o) {
+      case 'p': port = static_cast<uint16_t>(parse_num("port", optarg, 0, 65535, false)); break;
+      case 'c': chunk = parse_num("chunk", optarg, kPage, kMaxChunk, true); break;
+      case 'n': c.touch = false; break;
+      case 's': streams = static_cast<int>(parse_num("streams", optarg, 1, 1000, false)); break;
+      case 'v':
+        c.verify = true;
+        c.seed = static_cast<uint32_t>(parse_num("verify", optarg, 0, UINT32_MAX, false));
+        break;
+      case 'h': usage(stdout); return 0;
+      default: usage(stderr); return 2;
+    }
+  }
+  if (optind < argc) die(2, "unexpected argument '%s'", argv[optind]);
+  // Only whole pages are mapped, and the mapping's tail must end on a page boundary.
+  if (chunk % kPage != 0) die(2, "--chunk must be a multiple of %zu", kPage);
+
+  const int ls = listen_announce(port);
+  for (int stream = 1;; stream++) {
+    const int fd = accept_one(ls);
+    Consumer each = c;  // each stream's pattern starts at offset 0
+    uint64_t syscalls = 0;
+    const Sample start = sample();
+    const uint64_t mapped = receive_stream(fd, chunk, each, syscalls);
+    const Sample end = sample();
+    close(fd);
+    if (stream == streams) return print_report(start, end, each, mapped, syscalls);
+  }
 }
