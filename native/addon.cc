@@ -28,11 +28,9 @@ bool ProbeExternalBuffers(Napi::Env env) {
   return status != napi_no_external_buffers_allowed;
 }
 
-// A whole chunk Buffer made by this package: tagged (see chunk_tag.h), a Uint8Array at
-// byte offset 0. Gives its ArrayBuffer, data and length. Plain C API with every status
-// checked: in a stopping environment the checks fail and the answer is no.
-bool WholeChunk(napi_env env, napi_value value, napi_value* array_buffer, void** data, size_t* length) {
-  if (!IsTaggedChunk(env, value)) return false;
+// A Uint8Array at byte offset 0: gives its ArrayBuffer, data and length. Plain C API with
+// every status checked: in a stopping environment the checks fail and the answer is no.
+bool WholeView(napi_env env, napi_value value, napi_value* array_buffer, void** data, size_t* length) {
   napi_typedarray_type type;
   size_t byte_offset = 0;
   if (napi_get_typedarray_info(env, value, &type, length, data, array_buffer, &byte_offset) != napi_ok) {
@@ -77,8 +75,10 @@ Napi::Value Addon::Probe(const Napi::CallbackInfo& info) {
 
 // releaseChunk(buffer): drops the pages under a mapped chunk's Buffer and detaches it so
 // JS sees length 0 (reading unmapped pages would raise SIGBUS). Returns whether the
-// Buffer was a live mapped chunk; anything else (a Buffer the package did not create, a
-// view into one, a copied or already released chunk) is left alone.
+// Buffer was a live mapped chunk: its address and length must be those of one of the
+// pool's live chunks (no other memory is there: the pool's arenas are its own mappings,
+// which JS cannot otherwise reach). Anything else (a Buffer the package did not create,
+// a part of one, a copied or already released chunk) is left alone.
 Napi::Value Addon::ReleaseChunk(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 1 || !info[0].IsBuffer()) {
@@ -88,7 +88,7 @@ Napi::Value Addon::ReleaseChunk(const Napi::CallbackInfo& info) {
   void* data = nullptr;
   size_t length = 0;
   bool released = false;
-  if (WholeChunk(env, info[0], &array_buffer, &data, &length)) {
+  if (WholeView(env, info[0], &array_buffer, &data, &length)) {
     MappedChunk* chunk = pool_->Find(static_cast<uint8_t*>(data), length);
     // Detach first: from here on no JS view can reach the pages. If that fails, the
     // pages stay mapped (a later release or the finalizer frees them).
@@ -100,10 +100,11 @@ Napi::Value Addon::ReleaseChunk(const Napi::CallbackInfo& info) {
   return Napi::Boolean::New(env, released);
 }
 
-// detachBuffer(buffer): empties a chunk's Buffer (copied chunks use it), so a released
-// chunk reads as length 0 whichever way it arrived. Only the package's own chunk Buffers
-// are detached, and only while they cover their whole ArrayBuffer; anything else (Node's
-// shared pool slices, a user's ArrayBuffer) is left alone and gives false.
+// detachBuffer(buffer): empties a copied chunk's Buffer, so a released chunk reads as
+// length 0 whichever way it arrived. Only the package's own copied-chunk Buffers (type-
+// tagged, see chunk_tag.h) are detached, and only while they cover their whole
+// ArrayBuffer; anything else (Node's shared pool slices, a user's ArrayBuffer, a mapped
+// chunk, whose pages only releaseChunk gives back) is left alone and gives false.
 Napi::Value Addon::DetachBuffer(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 1 || !info[0].IsBuffer()) {
@@ -113,7 +114,7 @@ Napi::Value Addon::DetachBuffer(const Napi::CallbackInfo& info) {
   void* data = nullptr;
   size_t length = 0;
   size_t array_buffer_length = 0;
-  bool detached = WholeChunk(env, info[0], &array_buffer, &data, &length) &&
+  bool detached = IsTaggedChunk(env, info[0]) && WholeView(env, info[0], &array_buffer, &data, &length) &&
                   napi_get_arraybuffer_info(env, array_buffer, nullptr, &array_buffer_length) == napi_ok &&
                   array_buffer_length == length && napi_detach_arraybuffer(env, array_buffer) == napi_ok;
   return Napi::Boolean::New(env, detached);

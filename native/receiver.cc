@@ -75,17 +75,6 @@ size_t QueuedBytes(int fd) {
 
 double ToDouble(size_t value) { return static_cast<double>(value); }
 
-// Node refuses calls that may run JS (property writes among them) once an environment
-// stops; a throwaway property write tells whether this one still runs JS.
-bool CanCallIntoJs(napi_env env) {
-  napi_value probe;
-  if (napi_create_object(env, &probe) != napi_ok) return false;
-  if (napi_set_named_property(env, probe, "alive", probe) == napi_ok) return true;
-  napi_value ignored;
-  napi_get_and_clear_last_exception(env, &ignored);
-  return false;
-}
-
 }  // namespace
 
 void CloseHandles(UvHandles* handles) {
@@ -177,10 +166,11 @@ Receiver::Receiver(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Receiver>(
   }
   pool_ = addon->pool();
 
-  // The callback lives on the wrapper, not in a persistent reference: a persistent would
-  // root the JS receiver (and its socket) for ever through the callback's closure.
+  // The callback lives on the wrapper; on_event_ only finds it again without a property
+  // lookup by name on every wake-up.
   napi_property_descriptor on_event = {"onEvent", nullptr, nullptr, nullptr, nullptr, info[2], napi_default, nullptr};
   if (napi_define_properties(env, info.This(), 1, &on_event) != napi_ok) throw Napi::Error::New(env);
+  on_event_ = Napi::Weak(info[2].As<Napi::Function>());
   async_context_ = std::make_unique<Napi::AsyncContext>(env, "TcpZeroCopyReceiver");
   uv_loop_t* loop = nullptr;
   if (napi_get_uv_event_loop(env, &loop) != napi_ok || loop == nullptr) {
@@ -363,9 +353,19 @@ bool Receiver::RunCycle(int status) {
   napi_env env = Env();
   napi_handle_scope scope;
   if (napi_open_handle_scope(env, &scope) != napi_ok) return false;
-  // Between a worker's terminate() and its cleanup hooks the loop still runs but JS may
-  // not: leave the socket alone, the cleanup hook closes everything.
-  if (!CanCallIntoJs(env)) {
+  // The wrapper and its callback first: after Shutdown() (a final batch) the wrapper is
+  // only weakly held, and the allocations that follow could let a collection take it.
+  // napi_unwrap is also the check that JS may still run: between a worker's terminate()
+  // and its cleanup hooks the loop still runs but Node refuses calls that may run JS, so
+  // leave the socket alone then (the cleanup hook closes everything).
+  napi_value receiver = nullptr;
+  napi_value callback = nullptr;
+  void* unwrapped = nullptr;
+  if (napi_get_reference_value(env, Napi::Reference<Napi::Object>::operator napi_ref(), &receiver) != napi_ok ||
+      receiver == nullptr || napi_unwrap(env, receiver, &unwrapped) != napi_ok || unwrapped != this ||
+      napi_get_reference_value(env, on_event_, &callback) != napi_ok || callback == nullptr) {
+    napi_value ignored;
+    napi_get_and_clear_last_exception(env, &ignored);
     napi_close_handle_scope(env, scope);
     return false;
   }
@@ -405,7 +405,7 @@ bool Receiver::RunCycle(int status) {
       }
       ArmFlushTimer();
     }
-    Deliver(&batch);
+    Deliver(&batch, receiver, callback);
   }
   if (pollerr && polling_ && handles_ != nullptr) {
     uv_poll_start(&handles_->poll, UV_READABLE, ReceiverCallbacks::OnPoll);
@@ -416,37 +416,32 @@ bool Receiver::RunCycle(int status) {
 
 // Everything on the libuv-callback path uses the plain C API and checks its status:
 // node-addon-api aborts the process when a call fails while a worker is terminating.
-void Receiver::Deliver(Batch* batch) {
+void Receiver::Deliver(Batch* batch, napi_value receiver, napi_value callback) {
   napi_env env = Env();
-  // Take the wrapper and its callback first: after Shutdown() below the wrapper is only
-  // weakly held, and the allocations that follow could let a collection take it.
-  napi_value receiver;
-  napi_value callback;
-  if (napi_get_reference_value(env, Napi::Reference<Napi::Object>::operator napi_ref(), &receiver) != napi_ok ||
-      receiver == nullptr || napi_get_named_property(env, receiver, "onEvent", &callback) != napi_ok) {
-    return;
-  }
   bool final = batch->eof || batch->error != 0;
   if (final) Shutdown();
 
-  napi_value argv[4];
+  napi_value argv[5];
   uint32_t mapped_mask = 0;
-  if (napi_create_array_with_length(env, batch->count, &argv[0]) != napi_ok) return;
-  for (int i = 0; i < batch->count; i++) {
-    if (napi_set_element(env, argv[0], static_cast<uint32_t>(i), batch->chunks[i]) != napi_ok) return;
-    if (batch->mapped[i]) mapped_mask |= 1u << i;
+  napi_value undefined;
+  if (napi_get_undefined(env, &undefined) != napi_ok) return;
+  for (int i = 0; i < 2; i++) {
+    argv[i] = i < batch->count ? batch->chunks[i] : undefined;
+    if (i < batch->count && batch->mapped[i]) mapped_mask |= 1u << i;
   }
-  if (napi_create_uint32(env, mapped_mask, &argv[1]) != napi_ok) return;
-  argv[2] = batch->error != 0 ? CreateErrnoError(env, batch->error, batch->syscall) : nullptr;
-  if (argv[2] == nullptr && napi_get_null(env, &argv[2]) != napi_ok) return;
-  if (napi_get_boolean(env, batch->eof, &argv[3]) != napi_ok) return;
+  if (napi_create_uint32(env, mapped_mask, &argv[2]) != napi_ok) return;
+  argv[3] = batch->error != 0 ? CreateErrnoError(env, batch->error, batch->syscall) : nullptr;
+  if (argv[3] == nullptr && napi_get_null(env, &argv[3]) != napi_ok) return;
+  if (napi_get_boolean(env, batch->eof, &argv[4]) != napi_ok) return;
   napi_value result;
-  napi_status status = napi_make_callback(env, *async_context_, receiver, callback, 4, argv, &result);
+  napi_status status = napi_make_callback(env, *async_context_, receiver, callback, 5, argv, &result);
   if (status == napi_pending_exception) {
     napi_value exception;
     napi_get_and_clear_last_exception(env, &exception);
-    // Nothing on the stack can catch it: report it as Node does for any callback.
-    if (CanCallIntoJs(env)) napi_fatal_exception(env, exception);
+    // Nothing on the stack can catch it: report it as Node does for any callback (if
+    // this environment still runs JS at all).
+    void* unwrapped = nullptr;
+    if (napi_unwrap(env, receiver, &unwrapped) == napi_ok) napi_fatal_exception(env, exception);
   }
 }
 
@@ -463,11 +458,8 @@ void Receiver::AddMapped(Batch* batch, MappedChunk* chunk) {
       },
       chunk, &buffer);
   if (status == napi_ok) {
-    if (!TagChunk(env, buffer)) {
-      // The environment is stopping. The Buffer owns the chunk now; its finalizer frees it.
-      batch->abandoned = true;
-      return;
-    }
+    // Not type-tagged (a private property per Buffer costs a map transition per chunk):
+    // releaseChunk() finds a mapped chunk by its address among the pool's live chunks.
     batch->chunks[batch->count] = buffer;
     batch->mapped[batch->count] = true;
     batch->count++;

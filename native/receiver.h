@@ -17,7 +17,7 @@ struct UvHandles;
 // Receives from one TCP socket: waits for readability with libuv on the environment's own
 // loop (on a dup of the socket's fd), then maps what the kernel can map and copies the rest.
 // Each wake-up produces at most one mapped and one copied chunk, delivered in stream order
-// by one call of the JS callback: onEvent(chunks, mappedMask, error, eof).
+// by one call of the JS callback: onEvent(first, second, mappedMask, error, eof).
 class Receiver : public Napi::ObjectWrap<Receiver>, private PoolWaiter {
  public:
   enum class Mode { kCopy = 0, kAuto = 1, kZerocopy = 2 };
@@ -69,9 +69,12 @@ class Receiver : public Napi::ObjectWrap<Receiver>, private PoolWaiter {
   void SwitchToCopy(const char* syscall, int err);
   void SetLowWater(int bytes);
   void ArmFlushTimer();
-  void Deliver(Batch* batch);
+  void Deliver(Batch* batch, napi_value receiver, napi_value callback);
 
   std::unique_ptr<Napi::AsyncContext> async_context_;
+  // Weak: the wrapper's onEvent property holds the callback; a strong reference here
+  // would root the JS receiver (and its socket) through the callback's closure for ever.
+  Napi::FunctionReference on_event_;
   std::shared_ptr<MappingPool> pool_;
   UvHandles* handles_ = nullptr;  // null once closing
 

@@ -1,6 +1,9 @@
-// mode: 'auto': picks mapping or copying for one receiver by measuring what each costs
-// here, with this consumer. Pure logic over injected clocks and switches, so the decision
-// is testable without a kernel that favours one side (test/auto-path.test.ts).
+// mode: 'auto': picks mapping or copying by measuring what each costs here, with this
+// consumer. One AutoPath is shared by the receivers of one thread that have the same
+// chunkSize and autoGroup: a server's connections learn the answer once, and a new
+// connection starts on the cheaper path instead of measuring from scratch. Pure logic
+// over injected clocks and switches, so the decision is testable without a kernel that
+// favours one side (test/auto-path.test.ts).
 
 /** The two ways a receiver can take bytes from the kernel. */
 export type ReceivePath = 'zerocopy' | 'copy';
@@ -15,9 +18,9 @@ export interface MeasuredCost {
 
 /** Settings and hooks of an AutoPath. */
 export interface AutoPathOptions {
-  /** Bytes per measurement window (default 16 MiB). */
+  /** Bytes per measurement window (default 8 MiB). */
   windowBytes?: number;
-  /** Windows on the chosen path between two re-checks (default 64). */
+  /** Windows' worth of bytes on the chosen path between two re-checks (default 128). */
   recheckEvery?: number;
   /**
    * Deliveries ignored after each switch before a window starts: chunks read ahead on
@@ -26,8 +29,20 @@ export interface AutoPathOptions {
   settleEvents?: number;
   /** Thread CPU time now, in nanoseconds (CLOCK_THREAD_CPUTIME_ID in the package). */
   cpuNs: () => number;
-  /** Puts the receiver on a path from its next wake-up on. */
-  setPath: (path: ReceivePath) => void;
+}
+
+/** One receiver's part in an AutoPath. */
+export interface AutoPathMember {
+  /** One delivery of `bytes`, `mappedBytes` of them over mapped pages. */
+  delivered(bytes: number, mappedBytes: number): void;
+  /** The receiver is done: it no longer follows or feeds the measurement. */
+  leave(): void;
+  /** The path this receiver is on now. */
+  readonly path: ReceivePath;
+  /** Which path, and why, in a sentence. */
+  readonly decision: string;
+  /** The last figures measured for each path. */
+  readonly cost: MeasuredCost;
 }
 
 /** Below this mapped share, a zero-copy window says the stream cannot be mapped. */
@@ -49,30 +64,30 @@ interface Window {
 
 interface Totals {
   bytes: number;
-  mapped: number;
   ns: number;
 }
 
 /**
- * Chooses a receiver's path by measurement: runs a window of mapping and one of copying
- * (after a zero-copy warm-up), compares thread CPU per byte delivered (the consumer's
- * work on this thread included), settles on the cheaper, and measures both again every
- * `recheckEvery` windows. The thread's CPU includes whatever else the thread does, so
- * with several busy streams on one thread the figures are shared, and noisier.
+ * Chooses the path by measurement: runs a window of mapping and one of copying (after a
+ * zero-copy warm-up), compares thread CPU per byte delivered (the consumers' work on this
+ * thread included), settles on the cheaper, and measures both again every `recheckEvery`
+ * windows' worth of bytes. Every member follows the path under measurement or chosen, so
+ * the thread's CPU is spent on one path at a time; a member whose own stream cannot be
+ * mapped (a plain sender, a NIC without header split) copies on its own.
  */
 export class AutoPath {
   readonly #windowBytes: number;
   readonly #recheckEvery: number;
   readonly #settleEvents: number;
   readonly #cpuNs: () => number;
-  readonly #setPath: (path: ReceivePath) => void;
+  readonly #members = new Set<Member>();
 
   #path: ReceivePath = 'zerocopy'; // in use now
   #chosen: ReceivePath = 'zerocopy'; // settled on (the path between measurements)
   #plan: Window[] = [{ path: 'zerocopy', measured: false }, ...alternate('zerocopy', FIRST_PAIRS)];
   // This round's windows, µs per MB each.
   #round: Record<ReceivePath, number[]> = { zerocopy: [], copy: [] };
-  #skip: number;
+  #skip = 0;
   #windowStartNs = 0;
   #window: Totals = emptyTotals();
   #settledBytes = 0;
@@ -81,16 +96,14 @@ export class AutoPath {
   #checks = 0;
 
   constructor(options: AutoPathOptions) {
-    this.#windowBytes = options.windowBytes ?? 16 * 1024 * 1024;
-    this.#recheckEvery = options.recheckEvery ?? 64;
+    this.#windowBytes = options.windowBytes ?? 8 * 1024 * 1024;
+    this.#recheckEvery = options.recheckEvery ?? 128;
     this.#settleEvents = options.settleEvents ?? 3;
     this.#cpuNs = options.cpuNs;
-    this.#setPath = options.setPath;
-    this.#skip = 0;
     this.#windowStartNs = this.#cpuNs();
   }
 
-  /** The path in use now. */
+  /** The path in use now (members that copy on their own aside). */
   get path(): ReceivePath {
     return this.#path;
   }
@@ -110,8 +123,34 @@ export class AutoPath {
     return this.#checks;
   }
 
-  /** One delivery of `bytes`, `mappedBytes` of them over mapped pages. */
-  delivered(bytes: number, mappedBytes: number): void {
+  /** Members now. */
+  get members(): number {
+    return this.#members.size;
+  }
+
+  /** A receiver joins: it is put on the group's path at once. */
+  join(setPath: (path: ReceivePath) => void): AutoPathMember {
+    if (this.#members.size === 0) {
+      // CPU the thread spent while nobody received belongs to no path.
+      this.#window = emptyTotals();
+      this.#windowStartNs = this.#cpuNs();
+    }
+    const member = new Member(this, setPath, this.#windowBytes, this.#recheckEvery * this.#windowBytes);
+    this.#members.add(member);
+    if (this.#path !== 'zerocopy') setPath(this.#path);
+    return member;
+  }
+
+  /** @internal */
+  leave(member: Member): void {
+    this.#members.delete(member);
+  }
+
+  /**
+   * @internal A member's delivery. Members copying on their own count too: their CPU is
+   * on the thread whichever path the group measures.
+   */
+  delivered(bytes: number): void {
     if (bytes <= 0) return;
     const current = this.#plan[0];
     if (current === undefined) {
@@ -126,7 +165,6 @@ export class AutoPath {
       return;
     }
     this.#window.bytes += bytes;
-    this.#window.mapped += mappedBytes;
     if (this.#window.bytes < this.#windowBytes) return;
 
     const now = this.#cpuNs();
@@ -134,11 +172,6 @@ export class AutoPath {
     this.#plan.shift();
     if (current.measured) {
       this.#round[current.path].push(perMB(this.#window));
-      if (current.path === 'zerocopy' && this.#window.mapped < MIN_MAPPED_SHARE * this.#window.bytes) {
-        // Nothing to gain from mapping a stream that is mostly not mappable.
-        this.#settle('copy', `copy: only ${percent(this.#window.mapped / this.#window.bytes)} of the stream could be mapped`);
-        return;
-      }
       const measured = this.#round.zerocopy.length + this.#round.copy.length;
       if (this.#plan.length === 0 || (measured === 2 * EARLY_PAIRS && this.#clear())) this.#decide();
     }
@@ -182,26 +215,17 @@ export class AutoPath {
     const cheaper = path === 'zerocopy' ? 'mapping' : 'copying';
     const dearer = path === 'zerocopy' ? 'copying' : 'mapping';
     const [mine, theirs] = path === 'zerocopy' ? [zerocopy, copy] : [copy, zerocopy];
-    this.#settle(
-      path,
-      `${path}: ${cheaper} measured ${fmt(mine)} µs of thread CPU per MB, ${dearer} ${fmt(theirs)} ` +
-        `(consumer included; ${(theirs / mine).toFixed(2)}x), re-checked every ` +
-        `${Math.round((this.#recheckEvery * this.#windowBytes) / 2 ** 20)} MiB`,
-    );
-  }
-
-  #settle(path: ReceivePath, decision: string): void {
     this.#checks++;
     this.#chosen = path;
-    this.#decision = decision;
+    this.#decision =
+      `${path}: ${cheaper} measured ${fmt(mine)} µs of thread CPU per MB, ${dearer} ${fmt(theirs)} ` +
+      `(consumer included; ${(theirs / mine).toFixed(2)}x), re-checked every ` +
+      `${Math.round((this.#recheckEvery * this.#windowBytes) / 2 ** 20)} MiB`;
     this.#plan = [];
     this.#skip = 0;
     this.#settledBytes = 0;
     this.#window = emptyTotals();
-    if (path !== this.#path) {
-      this.#path = path;
-      this.#setPath(path);
-    }
+    this.#switchTo(path);
   }
 
   #startRecheck(): void {
@@ -216,11 +240,91 @@ export class AutoPath {
   #enter(window: Window | undefined): void {
     if (window === undefined) return;
     if (window.path !== this.#path) {
-      this.#path = window.path;
-      this.#setPath(window.path);
+      this.#switchTo(window.path);
       this.#skip = this.#settleEvents;
     }
     if (this.#skip === 0) this.#windowStartNs = this.#cpuNs();
+  }
+
+  #switchTo(path: ReceivePath): void {
+    if (path === this.#path) return;
+    this.#path = path;
+    for (const member of this.#members) member.groupSwitched(path);
+  }
+}
+
+/** A receiver in an AutoPath: follows the group, or copies on its own when unmappable. */
+class Member implements AutoPathMember {
+  readonly #group: AutoPath;
+  readonly #setPath: (path: ReceivePath) => void;
+  readonly #probeBytes: number;
+  readonly #recheckBytes: number;
+  #left = false;
+  // What it was on and why when it left: its stats stay as they were at its end.
+  #final: { path: ReceivePath; decision: string; cost: MeasuredCost } | null = null;
+  // Its own stream's mappability, judged over its first `probeBytes` on zero-copy.
+  #zerocopyBytes = 0;
+  #zerocopyMapped = 0;
+  #ownDecision: string | null = null; // set while it copies on its own
+  #ownBytes = 0;
+
+  constructor(group: AutoPath, setPath: (path: ReceivePath) => void, probeBytes: number, recheckBytes: number) {
+    this.#group = group;
+    this.#setPath = setPath;
+    this.#probeBytes = probeBytes;
+    this.#recheckBytes = recheckBytes;
+  }
+
+  get following(): boolean {
+    return this.#ownDecision === null;
+  }
+
+  get path(): ReceivePath {
+    return this.#final?.path ?? (this.following ? this.#group.path : 'copy');
+  }
+
+  get decision(): string {
+    return this.#final?.decision ?? this.#ownDecision ?? this.#group.decision;
+  }
+
+  get cost(): MeasuredCost {
+    return this.#final?.cost ?? this.#group.cost;
+  }
+
+  delivered(bytes: number, mappedBytes: number): void {
+    if (this.#left || bytes <= 0) return;
+    if (!this.following) {
+      // Looked at again now and then: the path to the peer may have changed.
+      this.#ownBytes += bytes;
+      if (this.#ownBytes >= this.#recheckBytes) {
+        this.#ownDecision = null;
+        this.#zerocopyBytes = 0;
+        this.#zerocopyMapped = 0;
+        if (this.#group.path !== 'copy') this.#setPath(this.#group.path);
+      }
+    } else if (this.#group.path === 'zerocopy' && this.#zerocopyBytes < this.#probeBytes) {
+      this.#zerocopyBytes += bytes;
+      this.#zerocopyMapped += mappedBytes;
+      if (this.#zerocopyBytes >= this.#probeBytes && this.#zerocopyMapped < MIN_MAPPED_SHARE * this.#zerocopyBytes) {
+        // Nothing to gain from mapping a stream that is mostly not mappable.
+        this.#ownDecision = `copy: only ${percent(this.#zerocopyMapped / this.#zerocopyBytes)} of the stream could be mapped`;
+        this.#ownBytes = 0;
+        this.#setPath('copy');
+      }
+    }
+    this.#group.delivered(bytes);
+  }
+
+  leave(): void {
+    if (this.#left) return;
+    this.#final = { path: this.path, decision: this.decision, cost: this.cost };
+    this.#left = true;
+    this.#group.leave(this);
+  }
+
+  /** The group moved to `path`. */
+  groupSwitched(path: ReceivePath): void {
+    if (this.following) this.#setPath(path);
   }
 }
 
@@ -243,10 +347,10 @@ function median(values: number[]): number {
 }
 
 function emptyTotals(): Totals {
-  return { bytes: 0, mapped: 0, ns: 0 };
+  return { bytes: 0, ns: 0 };
 }
 
-/** µs per MB (10^6 bytes) = ns per KB... kept in the units the README uses. */
+/** µs per MB (10^6 bytes), the units the README uses. */
 function perMB(totals: Totals): number {
   return totals.bytes > 0 ? totals.ns / 1000 / (totals.bytes / 1e6) : Number.POSITIVE_INFINITY;
 }
@@ -257,4 +361,18 @@ function fmt(value: number): string {
 
 function percent(share: number): string {
   return `${(100 * share).toFixed(1)}%`;
+}
+
+/** One AutoPath per (autoGroup, chunkSize) in this thread (module state is per thread). */
+const groups = new Map<string, AutoPath>();
+
+/** The shared AutoPath of receivers with this group name and chunk size. */
+export function autoPathFor(group: string, chunkSize: number, options: AutoPathOptions): AutoPath {
+  const key = `${chunkSize}:${group}`;
+  let auto = groups.get(key);
+  if (auto === undefined) {
+    auto = new AutoPath(options);
+    groups.set(key, auto);
+  }
+  return auto;
 }

@@ -57,8 +57,14 @@ export const NativePoolFull = { copy: 0, wait: 1 } as const;
 export type NativePoolFull = (typeof NativePoolFull)[keyof typeof NativePoolFull];
 
 /** Called once per wake-up: chunks in stream order, bit i of mappedMask = chunk i is mapped. */
+/**
+ * One wake-up's delivery, in stream order: up to two chunks (`undefined` where absent; two
+ * arguments rather than an array, which would be one more allocation per wake-up), bit i
+ * of `mappedMask` set when chunk i is mapped, then the stream's error or end.
+ */
 export type NativeEventHandler = (
-  chunks: Buffer[],
+  first: Buffer | undefined,
+  second: Buffer | undefined,
   mappedMask: number,
   error: (Error & { code?: string }) | null,
   eof: boolean,

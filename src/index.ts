@@ -17,6 +17,7 @@ import {
   type NativeProbe,
   type NativeReceiver,
 } from './binding';
+import { autoPathFor } from './auto-path';
 import { abortError, codedError } from './errors';
 import {
   Receiver,
@@ -74,14 +75,23 @@ export interface AttachOptions {
   chunkSize?: number;
   /**
    * 'auto' (default): measures what mapping and what copying cost on this host with this
-   * consumer (thread CPU per byte delivered, over windows of max(16 MiB, 4 chunks)), uses
-   * the cheaper, and measures both again every 64 windows; `stats.decision` says which and
-   * why. It copies for good after a zero-copy error other than end of stream
-   * (`stats.fallbackReason`). 'zerocopy': maps whatever can be mapped, always; zero-copy
-   * errors fail the stream, and attach() throws where zero-copy is unsupported.
-   * 'copy': never maps.
+   * consumer (thread CPU per byte delivered, over windows of max(8 MiB, 4 chunks)), uses
+   * the cheaper, and measures both again every 128 windows' worth of bytes;
+   * `stats.decision` says which and why. The measurement and the choice are shared by
+   * the receivers of one thread with the same chunkSize and `autoGroup`, so a server's
+   * later connections start on the cheaper path. A stream that cannot be mapped (under
+   * half of its first window) copies on its own. It copies for good after a zero-copy
+   * error other than end of stream (`stats.fallbackReason`). 'zerocopy': maps whatever
+   * can be mapped, always; zero-copy errors fail the stream, and attach() throws where
+   * zero-copy is unsupported. 'copy': never maps.
    */
   mode?: 'auto' | 'zerocopy' | 'copy';
+  /**
+   * mode 'auto': receivers of one thread with the same chunkSize and autoGroup share one
+   * measurement and choice (default 'default'). Give consumers that differ in cost (a
+   * hash per chunk here, a file write there) groups of their own.
+   */
+  autoGroup?: string;
   /**
    * When every byte the pinned-bytes cap allows is held by unreleased chunks:
    * 'copy' (default) keeps data flowing as copied chunks; 'wait' stops reading until
@@ -136,8 +146,8 @@ const MIN_CHUNK_SIZE = 4096;
 const MAX_CHUNK_SIZE = 64 << 20;
 const DEFAULT_FLUSH_DELAY_MS = 20;
 /** Auto mode's smallest measurement window. */
-const AUTO_WINDOW_BYTES = 16 * 1024 * 1024;
-const OPTION_NAMES = new Set(['chunkSize', 'mode', 'whenPoolFull', 'flushDelayMs', 'signal']);
+const AUTO_WINDOW_BYTES = 8 * 1024 * 1024;
+const OPTION_NAMES = new Set(['chunkSize', 'mode', 'autoGroup', 'whenPoolFull', 'flushDelayMs', 'signal']);
 
 let cachedProbe: ProbeResult | null = null;
 
@@ -277,7 +287,10 @@ export function attach(socket: net.Socket, options: AttachOptions = {}): ZeroCop
         signal: settings.signal,
         lifecycle: nativeSocketLifecycle,
         autoPath: measure
-          ? { windowBytes: Math.max(AUTO_WINDOW_BYTES, 4 * settings.chunkSize), cpuNs: () => binding.threadCpuNs() }
+          ? autoPathFor(settings.autoGroup, settings.chunkSize, {
+              windowBytes: Math.max(AUTO_WINDOW_BYTES, 4 * settings.chunkSize),
+              cpuNs: () => binding.threadCpuNs(),
+            })
           : undefined,
         autoUnavailable: settings.mode === 'auto' && !measure ? (probe().reason ?? 'zero-copy unavailable') : undefined,
       });
@@ -302,6 +315,7 @@ export function attach(socket: net.Socket, options: AttachOptions = {}): ZeroCop
 interface Settings {
   chunkSize: number;
   mode: 'auto' | 'zerocopy' | 'copy';
+  autoGroup: string;
   whenPoolFull: 'copy' | 'wait';
   flushDelayMs: number;
   signal: AbortSignal | undefined;
@@ -316,8 +330,13 @@ function checkOptions(options: AttachOptions): Settings {
       throw codedError(TypeError, 'ERR_INVALID_ARG_VALUE', `attach(): unknown option '${name}'`);
     }
   }
-  const { chunkSize = DEFAULT_CHUNK_SIZE, mode = 'auto', whenPoolFull = 'copy', flushDelayMs = DEFAULT_FLUSH_DELAY_MS } =
-    options;
+  const {
+    chunkSize = DEFAULT_CHUNK_SIZE,
+    mode = 'auto',
+    autoGroup = 'default',
+    whenPoolFull = 'copy',
+    flushDelayMs = DEFAULT_FLUSH_DELAY_MS,
+  } = options;
   if (!Number.isSafeInteger(chunkSize) || chunkSize < MIN_CHUNK_SIZE || chunkSize > MAX_CHUNK_SIZE) {
     throw codedError(
       RangeError,
@@ -327,6 +346,9 @@ function checkOptions(options: AttachOptions): Settings {
   }
   if (mode !== 'auto' && mode !== 'zerocopy' && mode !== 'copy') {
     throw codedError(TypeError, 'ERR_INVALID_ARG_VALUE', `mode must be 'auto', 'zerocopy' or 'copy', got ${String(mode)}`);
+  }
+  if (typeof autoGroup !== 'string') {
+    throw codedError(TypeError, 'ERR_INVALID_ARG_TYPE', `autoGroup must be a string, got ${typeof autoGroup}`);
   }
   if (whenPoolFull !== 'copy' && whenPoolFull !== 'wait') {
     throw codedError(TypeError, 'ERR_INVALID_ARG_VALUE', `whenPoolFull must be 'copy' or 'wait', got ${String(whenPoolFull)}`);
@@ -350,7 +372,7 @@ function checkOptions(options: AttachOptions): Settings {
   ) {
     throw codedError(TypeError, 'ERR_INVALID_ARG_TYPE', 'signal must be an AbortSignal');
   }
-  return { chunkSize, mode, whenPoolFull, flushDelayMs, signal };
+  return { chunkSize, mode, autoGroup, whenPoolFull, flushDelayMs, signal };
 }
 
 /** Native attach errors name a syscall; say what they mean for the caller. */

@@ -1,7 +1,7 @@
 import type * as net from 'node:net';
 import { finished, Readable, type Writable } from 'node:stream';
 
-import { AutoPath, type AutoPathOptions, type MeasuredCost } from './auto-path';
+import type { AutoPath, AutoPathMember, MeasuredCost } from './auto-path';
 import { native, type NativeEventHandler, type NativeReceiverStats } from './binding';
 import { abortError, codedError } from './errors';
 import type { SocketLifecycle } from './socket-lifecycle';
@@ -212,8 +212,8 @@ export interface ReceiverOptions {
   lifecycle: (socket: net.Socket) => SocketLifecycle;
   /** Aborting closes the receiver and destroys the socket; pending reads reject. */
   signal?: AbortSignal | undefined;
-  /** mode 'auto' with zero-copy available: measure both paths and pick the cheaper. */
-  autoPath?: Omit<AutoPathOptions, 'setPath'> | undefined;
+  /** mode 'auto' with zero-copy available: the shared measurement this receiver joins. */
+  autoPath?: AutoPath | undefined;
   /** mode 'auto' without zero-copy: why it copies (stats.decision). */
   autoUnavailable?: string | undefined;
 }
@@ -252,7 +252,7 @@ export class Receiver implements ZeroCopyReceiver {
   #stopWatchingSignal: () => void = () => {};
 
   readonly #waitsForPool: boolean;
-  readonly #auto: AutoPath | null = null;
+  readonly #auto: AutoPathMember | null = null;
   readonly #autoUnavailable: string | null;
 
   constructor(socket: net.Socket, makeSource: (onEvent: NativeEventHandler) => ChunkSource, options: ReceiverOptions) {
@@ -262,7 +262,7 @@ export class Receiver implements ZeroCopyReceiver {
     this.#autoUnavailable = options.autoUnavailable ?? null;
     if (options.autoPath !== undefined && this.#source.setCopying !== undefined) {
       const source = this.#source;
-      this.#auto = new AutoPath({ ...options.autoPath, setPath: (path) => source.setCopying?.(path === 'copy') });
+      this.#auto = options.autoPath.join((path) => source.setCopying?.(path === 'copy'));
     }
     this.#lifecycle = options.lifecycle(socket);
     socket.once('close', this.#onSocketClose);
@@ -270,14 +270,20 @@ export class Receiver implements ZeroCopyReceiver {
     if (this.#signal !== undefined) this.#stopWatchingSignal = onAbort(this.#signal, () => this.#abort());
   }
 
-  readonly #onEvent: NativeEventHandler = (chunks, mappedMask, error, eof) => {
+  readonly #onEvent: NativeEventHandler = (first, second, mappedMask, error, eof) => {
     let bytes = 0;
     let mappedBytes = 0;
-    for (let i = 0; i < chunks.length; i++) {
-      const mapped = (mappedMask & (1 << i)) !== 0;
-      this.#queue.push(new ReceivedChunk(chunks[i], mapped));
-      bytes += chunks[i].length;
-      if (mapped) mappedBytes += chunks[i].length;
+    if (first !== undefined) {
+      const mapped = (mappedMask & 1) !== 0;
+      this.#queue.push(new ReceivedChunk(first, mapped));
+      bytes += first.length;
+      if (mapped) mappedBytes += first.length;
+    }
+    if (second !== undefined) {
+      const mapped = (mappedMask & 2) !== 0;
+      this.#queue.push(new ReceivedChunk(second, mapped));
+      bytes += second.length;
+      if (mapped) mappedBytes += second.length;
     }
     if (bytes > 0) {
       this.#lifecycle.received(bytes);
@@ -578,6 +584,7 @@ export class Receiver implements ZeroCopyReceiver {
     this.#receiving = false;
     this.#socket.removeListener('close', this.#onSocketClose);
     this.#finalStats = this.#source.stats();
+    this.#auto?.leave();
     this.#source.close();
     this.#settleWaiters();
   }
@@ -612,10 +619,10 @@ export function socketCopySource(socket: net.Socket, onEvent: NativeEventHandler
     stats.bytesCopiedFallback += data.length;
     stats.chunksCopied++;
     stats.wakeups++;
-    onEvent([data], 0, null, false);
+    onEvent(data, undefined, 0, null, false);
   };
-  const onEnd = (): void => onEvent([], 0, null, true);
-  const onError = (error: Error): void => onEvent([], 0, error, false);
+  const onEnd = (): void => onEvent(undefined, undefined, 0, null, true);
+  const onError = (error: Error): void => onEvent(undefined, undefined, 0, error, false);
   socket.pause();
   socket.on('data', onData);
   socket.on('end', onEnd);

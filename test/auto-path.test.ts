@@ -9,6 +9,10 @@ import { drain, loopbackFixture, MiB } from './helpers';
 describe('AutoPath (the decision, with an injected cost source)', () => {
   const WINDOW = 1000;
 
+  function group(clock: () => number): AutoPath {
+    return new AutoPath({ windowBytes: WINDOW, recheckEvery: 20, settleEvents: 2, cpuNs: clock });
+  }
+
   /** Feeds `bytes` in deliveries of 100 while the clock charges `cost(path)` µs per MB (ns per 1000 bytes). */
   function run(
     cost: (path: ReceivePath, delivery: number) => number,
@@ -17,16 +21,11 @@ describe('AutoPath (the decision, with an injected cost source)', () => {
   ): { auto: AutoPath; paths: ReceivePath[] } {
     let clock = 0;
     const paths: ReceivePath[] = [];
-    const auto = new AutoPath({
-      windowBytes: WINDOW,
-      recheckEvery: 20,
-      settleEvents: 2,
-      cpuNs: () => clock,
-      setPath: (path) => paths.push(path),
-    });
+    const auto = group(() => clock);
+    const member = auto.join((path) => paths.push(path));
     for (let i = 0; i * 100 < bytes; i++) {
-      clock += (100 * cost(auto.path, i)) / 1000;
-      auto.delivered(100, auto.path === 'zerocopy' && mappable ? 100 : 0);
+      clock += (100 * cost(member.path, i)) / 1000;
+      member.delivered(100, member.path === 'zerocopy' && mappable ? 100 : 0);
     }
     return { auto, paths };
   }
@@ -60,11 +59,16 @@ describe('AutoPath (the decision, with an injected cost source)', () => {
     expect(auto.cost.copy).toBeCloseTo(110, 6);
   });
 
-  it('settles on copying at once when a zero-copy window could map under half the stream', () => {
-    const { auto, paths } = run(() => 100, 4 * WINDOW, false);
-    expect(auto.path).toBe('copy');
+  it('a stream under half mappable copies on its own after its first window', () => {
+    const auto = group(() => 0);
+    const paths: ReceivePath[] = [];
+    const member = auto.join((path) => paths.push(path));
+    for (let i = 0; i < 10; i++) member.delivered(100, 0);
+    expect(member.path).toBe('copy');
     expect(paths).toEqual(['copy']);
-    expect(auto.decision).toBe('copy: only 0.0% of the stream could be mapped');
+    expect(member.decision).toBe('copy: only 0.0% of the stream could be mapped');
+    // The group is not swayed by one unmappable peer.
+    expect(auto.path).toBe('zerocopy');
   });
 
   it('re-checks now and then, and switches when the costs turned around', () => {
@@ -78,6 +82,68 @@ describe('AutoPath (the decision, with an injected cost source)', () => {
     const { auto } = run((path, i) => (i < 200 ? (path === 'copy' ? 100 : 200) : path === 'copy' ? 100 : 97), 80 * WINDOW);
     expect(auto.checks).toBeGreaterThanOrEqual(2);
     expect(auto.path).toBe('copy');
+  });
+
+  it('a later receiver starts on the path the group chose, without measuring again', () => {
+    let clock = 0;
+    const auto = group(() => clock);
+    const first = auto.join(() => undefined);
+    for (let i = 0; auto.checks === 0 && i < 200; i++) {
+      clock += first.path === 'copy' ? 100 : 250;
+      first.delivered(1000, first.path === 'zerocopy' ? 1000 : 0);
+    }
+    first.leave();
+    expect(auto.path).toBe('copy');
+    const paths: ReceivePath[] = [];
+    const second = auto.join((path) => paths.push(path));
+    expect(paths).toEqual(['copy']);
+    expect(second.path).toBe('copy');
+    expect(second.decision).toMatch(/^copy: copying measured 100 µs/);
+    for (let i = 0; i < 10; i++) second.delivered(1000, 0);
+    expect(paths).toEqual(['copy']);
+    expect(auto.checks).toBe(1);
+  });
+
+  it('every member follows the path under measurement, and a member that left keeps its stats', () => {
+    let clock = 0;
+    const auto = group(() => clock);
+    const a: ReceivePath[] = [];
+    const b: ReceivePath[] = [];
+    const memberA = auto.join((path) => a.push(path));
+    const memberB = auto.join((path) => b.push(path));
+    // Deliveries from both count towards the group's windows.
+    for (let i = 0; auto.checks === 0 && i < 400; i++) {
+      clock += auto.path === 'copy' ? 10 : 25;
+      (i % 2 === 0 ? memberA : memberB).delivered(100, auto.path === 'zerocopy' ? 100 : 0);
+    }
+    expect(auto.checks).toBe(1);
+    expect(a).toEqual(b);
+    expect(a.at(-1)).toBe('copy');
+    memberA.leave();
+    const decision = memberA.decision;
+    expect(auto.members).toBe(1);
+    memberB.delivered(100, 0);
+    expect(memberA.decision).toBe(decision);
+  });
+
+  it('CPU spent while no receiver is attached is not charged to the window in progress', () => {
+    let clock = 0;
+    const auto = group(() => clock);
+    const first = auto.join(() => undefined);
+    // Half the warm-up window, then the thread works on something else for a long time.
+    for (let i = 0; i < 5; i++) {
+      clock += 10;
+      first.delivered(100, 100);
+    }
+    first.leave();
+    clock += 1e9;
+    const second = auto.join(() => undefined);
+    for (let i = 0; auto.checks === 0 && i < 400; i++) {
+      clock += second.path === 'copy' ? 120 : 100;
+      second.delivered(1000, second.path === 'zerocopy' ? 1000 : 0);
+    }
+    expect(auto.path).toBe('zerocopy');
+    expect(auto.cost.zerocopy).toBeCloseTo(100, 6);
   });
 });
 
@@ -110,7 +176,7 @@ describe.skipIf(!probe().supported)("mode 'auto' on real streams", () => {
   const bytes = 256 * MiB;
 
   async function autoStream(seed: number, onChunk: (chunk: Chunk) => void) {
-    const { receiver, socket } = await zerocopyStream(bytes, seed, { chunkSize: MiB, mode: 'auto' });
+    const { receiver, socket } = await zerocopyStream(bytes, seed, { chunkSize: MiB, mode: 'auto', autoGroup: `test-${seed}` });
     const received = await drain(receiver, seed, onChunk);
     socket.destroy();
     expect(received.error).toBeNull();
@@ -130,6 +196,26 @@ describe.skipIf(!probe().supported)("mode 'auto' on real streams", () => {
     expect(received.mappedBytes).toBeLessThan(bytes / 2);
   });
 
+  it("a server's next connection starts on the path its group chose", async () => {
+    const expensiveMapped = (chunk: Chunk) => chunk.mapped && spin(perMiB(chunk, 5000));
+    const group = 'next-connection';
+    const first = await zerocopyStream(bytes, 166, { chunkSize: MiB, mode: 'auto', autoGroup: group });
+    await drain(first.receiver, 166, expensiveMapped);
+    first.socket.destroy();
+    expect(first.receiver.stats.path, first.receiver.stats.decision ?? '').toBe('copy');
+    const next = await zerocopyStream(64 * MiB, 167, { chunkSize: MiB, mode: 'auto', autoGroup: group });
+    const received = await drain(next.receiver, 167, expensiveMapped);
+    next.socket.destroy();
+    expect(received.bytes).toBe(64 * MiB);
+    expect(received.mappedBytes).toBe(0);
+    expect(next.receiver.stats.decision).toBe(first.receiver.stats.decision);
+    // Another group measures for itself.
+    const other = await zerocopyStream(16 * MiB, 168, { chunkSize: MiB, mode: 'auto', autoGroup: 'another' });
+    const otherReceived = await drain(other.receiver, 168);
+    other.socket.destroy();
+    expect(otherReceived.mappedBytes).toBeGreaterThan(0);
+  });
+
   it('settles on zero-copy when copied chunks cost the consumer more', async () => {
     const { stats, received } = await autoStream(162, (chunk) => !chunk.mapped && spin(perMiB(chunk, 5000)));
     expect(stats.path).toBe('zerocopy');
@@ -139,7 +225,7 @@ describe.skipIf(!probe().supported)("mode 'auto' on real streams", () => {
 
   it('settles on copying a stream that cannot be mapped (plain sender)', async () => {
     const { socket } = await serverAndSender({ bytes, seed: 163, mode: 'plain' });
-    const receiver = attach(socket, { chunkSize: MiB });
+    const receiver = attach(socket, { chunkSize: MiB, autoGroup: 'plain-sender' });
     const received = await drain(receiver, 163);
     socket.destroy();
     expect(received.bytes).toBe(bytes);

@@ -8,7 +8,7 @@ import * as path from 'node:path';
 import { describe, expect, it } from 'vitest';
 
 import { native } from '../src/binding';
-import { attach, configure, probe, type AttachOptions, type Chunk } from '../src/index';
+import { attach, configure, poolStats, probe, type AttachOptions, type Chunk } from '../src/index';
 import { PatternChecker, startSender } from '../src/testing';
 import { connectPaused, drain, listen, loopbackFixture, MiB } from './helpers';
 
@@ -229,22 +229,36 @@ describe.skipIf(native === null)('releaseChunk and detachBuffer touch only the c
     const views: [string, Uint8Array][] = [
       ['subarray(1)', data.subarray(1)],
       ['subarray(0, length - 1)', data.subarray(0, data.length - 1)],
+      ['Buffer.from(data) (a copy)', Buffer.from(data)],
+    ];
+    // A mapped chunk is found by its address among the pool's live chunks, so another
+    // whole view of its memory is the same chunk (tested below); a copied chunk's Buffer
+    // must be the tagged object itself.
+    const wholeViews: [string, Uint8Array][] = [
       ['subarray() of the whole chunk', data.subarray()],
       ['Buffer.from(buffer, byteOffset, length)', Buffer.from(data.buffer, data.byteOffset, data.length)],
       ['new Uint8Array(data.buffer)', new Uint8Array(data.buffer)],
-      ['Buffer.from(data) (a copy)', Buffer.from(data)],
     ];
+    if (kind === 'copied') views.push(...wholeViews);
     for (const [name, view] of views) {
       expect(binding.releaseChunk(view as Buffer), name).toBe(false);
       expect(binding.detachBuffer(view as Buffer), name).toBe(false);
     }
     expect(data.length).toBe(snapshot.length);
     expect(data.equals(snapshot)).toBe(true);
-    // The chunk's own Buffer carries the tag: the entry point of its kind takes it.
+    // The entry point of its kind takes the chunk itself.
     if (kind === 'mapped') {
       expect(binding.detachBuffer(data.subarray(1))).toBe(false);
-      expect(binding.releaseChunk(data)).toBe(true);
+      // detachBuffer would empty the Buffer but leave the pages pinned: it refuses.
+      expect(binding.detachBuffer(data)).toBe(false);
+      expect(data.length).toBe(snapshot.length);
+      // Another whole view of the same memory releases the same chunk, once.
+      const pinnedBefore = poolStats().pinnedBytes;
+      expect(binding.releaseChunk(new Uint8Array(data.buffer) as Buffer)).toBe(true);
+      expect(poolStats().pinnedBytes).toBe(pinnedBefore - snapshot.length);
+      for (const [name, view] of wholeViews) expect(view.length, name).toBe(0);
       expect(binding.releaseChunk(data)).toBe(false); // already released
+      expect((chunk as Chunk).release()).toBeUndefined();
     } else {
       expect(binding.releaseChunk(data)).toBe(false); // not mapped
       expect(binding.detachBuffer(data)).toBe(true);

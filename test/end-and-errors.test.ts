@@ -66,7 +66,7 @@ describe('urgent data', () => {
       seed: 35,
       mss: 4108,
     });
-    const receiver = attach(socket);
+    const receiver = attach(socket, { mode: 'zerocopy' });
     const received = await drain(receiver, 35);
     socket.destroy();
     const sent = await sender.done;

@@ -88,7 +88,7 @@ describe('readable()', () => {
   it('pipes 256 MiB into a file with bounded memory, byte-exact', async () => {
     const file = path.join(os.tmpdir(), `tcpzc-pipeline-${process.pid}.bin`);
     const { socket } = await zerocopyStream(256 * MiB, 75);
-    const receiver = attach(socket);
+    const receiver = attach(socket, { mode: 'zerocopy' });
     let maxPinned = 0;
     const sampler = setInterval(() => (maxPinned = Math.max(maxPinned, poolStats().pinnedBytes)), 5);
     try {
