@@ -113,7 +113,7 @@ export class AutoPath {
   /** One delivery of `bytes`, `mappedBytes` of them over mapped pages. */
   delivered(bytes: number, mappedBytes: number): void {
     if (bytes <= 0) return;
-    const current = this.#plan[0];
+    const current = this.#plan.at(0);
     if (current === undefined) {
       // Settled: count towards the next re-check.
       this.#settledBytes += bytes;

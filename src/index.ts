@@ -174,6 +174,7 @@ function cloneProbe(result: ProbeResult): ProbeResult {
 
 /** Sets the pinned-bytes cap and the copy-on-write rule of this thread's page pool. */
 export function configure(options: ConfigureOptions): void {
+  // eslint-disable-next-line @typescript-eslint/no-unnecessary-condition -- JavaScript callers pass anything
   if (typeof options !== 'object' || options === null) {
     throw codedError(TypeError, 'ERR_INVALID_ARG_TYPE', 'configure(options): options must be an object');
   }
@@ -252,7 +253,7 @@ export function attach(socket: net.Socket, options: AttachOptions = {}): ZeroCop
 
   if (settings.signal?.aborted === true) throw abortError(settings.signal.reason);
   if (settings.mode === 'zerocopy' && !probe().supported) {
-    throw codedError(Error, 'ERR_TCPZC_UNSUPPORTED', `zero-copy receive unavailable: ${probe().reason}`);
+    throw codedError(Error, 'ERR_TCPZC_UNSUPPORTED', `zero-copy receive unavailable: ${probe().reason ?? 'unsupported'}`);
   }
   let receiver: Receiver;
   if (native !== null) {
@@ -308,6 +309,7 @@ interface Settings {
 }
 
 function checkOptions(options: AttachOptions): Settings {
+  // eslint-disable-next-line @typescript-eslint/no-unnecessary-condition -- JavaScript callers pass anything
   if (typeof options !== 'object' || options === null || Array.isArray(options)) {
     throw codedError(TypeError, 'ERR_INVALID_ARG_TYPE', 'attach(socket, options): options must be an object');
   }
@@ -325,9 +327,11 @@ function checkOptions(options: AttachOptions): Settings {
       `chunkSize must be an integer from ${MIN_CHUNK_SIZE} to ${MAX_CHUNK_SIZE}, got ${String(chunkSize)}`,
     );
   }
+  // eslint-disable-next-line @typescript-eslint/no-unnecessary-condition -- JavaScript callers pass anything
   if (mode !== 'auto' && mode !== 'zerocopy' && mode !== 'copy') {
     throw codedError(TypeError, 'ERR_INVALID_ARG_VALUE', `mode must be 'auto', 'zerocopy' or 'copy', got ${String(mode)}`);
   }
+  // eslint-disable-next-line @typescript-eslint/no-unnecessary-condition -- JavaScript callers pass anything
   if (whenPoolFull !== 'copy' && whenPoolFull !== 'wait') {
     throw codedError(TypeError, 'ERR_INVALID_ARG_VALUE', `whenPoolFull must be 'copy' or 'wait', got ${String(whenPoolFull)}`);
   }
