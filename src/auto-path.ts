@@ -152,7 +152,7 @@ export class AutoPath {
    */
   delivered(bytes: number): void {
     if (bytes <= 0) return;
-    const current = this.#plan[0];
+    const current = this.#plan.at(0);
     if (current === undefined) {
       // Settled: count towards the next re-check.
       this.#settledBytes += bytes;

@@ -36,7 +36,7 @@ export function parseListen(text: string): { host: string | undefined; port: num
   if (match === null) throw new UsageError(`--listen wants [host:]port, got '${text}'`);
   const port = Number(match[3]);
   if (port > 65535) throw new UsageError(`port out of range: ${port}`);
-  const host = match[1] ?? (match[2] === '' ? undefined : match[2]);
+  const host = match.at(1) ?? (match[2] === '' ? undefined : match[2]);
   return { host, port };
 }
 

@@ -184,6 +184,7 @@ function cloneProbe(result: ProbeResult): ProbeResult {
 
 /** Sets the pinned-bytes cap and the copy-on-write rule of this thread's page pool. */
 export function configure(options: ConfigureOptions): void {
+  // eslint-disable-next-line @typescript-eslint/no-unnecessary-condition -- JavaScript callers pass anything
   if (typeof options !== 'object' || options === null) {
     throw codedError(TypeError, 'ERR_INVALID_ARG_TYPE', 'configure(options): options must be an object');
   }
@@ -262,7 +263,7 @@ export function attach(socket: net.Socket, options: AttachOptions = {}): ZeroCop
 
   if (settings.signal?.aborted === true) throw abortError(settings.signal.reason);
   if (settings.mode === 'zerocopy' && !probe().supported) {
-    throw codedError(Error, 'ERR_TCPZC_UNSUPPORTED', `zero-copy receive unavailable: ${probe().reason}`);
+    throw codedError(Error, 'ERR_TCPZC_UNSUPPORTED', `zero-copy receive unavailable: ${probe().reason ?? 'unsupported'}`);
   }
   let receiver: Receiver;
   if (native !== null) {
@@ -322,6 +323,7 @@ interface Settings {
 }
 
 function checkOptions(options: AttachOptions): Settings {
+  // eslint-disable-next-line @typescript-eslint/no-unnecessary-condition -- JavaScript callers pass anything
   if (typeof options !== 'object' || options === null || Array.isArray(options)) {
     throw codedError(TypeError, 'ERR_INVALID_ARG_TYPE', 'attach(socket, options): options must be an object');
   }
@@ -344,12 +346,15 @@ function checkOptions(options: AttachOptions): Settings {
       `chunkSize must be an integer from ${MIN_CHUNK_SIZE} to ${MAX_CHUNK_SIZE}, got ${String(chunkSize)}`,
     );
   }
+  // eslint-disable-next-line @typescript-eslint/no-unnecessary-condition -- JavaScript callers pass anything
   if (mode !== 'auto' && mode !== 'zerocopy' && mode !== 'copy') {
     throw codedError(TypeError, 'ERR_INVALID_ARG_VALUE', `mode must be 'auto', 'zerocopy' or 'copy', got ${String(mode)}`);
   }
+  // eslint-disable-next-line @typescript-eslint/no-unnecessary-condition -- JavaScript callers pass anything
   if (typeof autoGroup !== 'string') {
     throw codedError(TypeError, 'ERR_INVALID_ARG_TYPE', `autoGroup must be a string, got ${typeof autoGroup}`);
   }
+  // eslint-disable-next-line @typescript-eslint/no-unnecessary-condition -- JavaScript callers pass anything
   if (whenPoolFull !== 'copy' && whenPoolFull !== 'wait') {
     throw codedError(TypeError, 'ERR_INVALID_ARG_VALUE', `whenPoolFull must be 'copy' or 'wait', got ${String(whenPoolFull)}`);
   }

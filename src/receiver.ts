@@ -170,7 +170,10 @@ class ReceivedChunk implements Chunk {
   }
 }
 
-type Waiter = { resolve(chunk: Chunk | null): void; reject(error: Error): void };
+interface Waiter {
+  resolve: (chunk: Chunk | null) => void;
+  reject: (error: Error) => void;
+}
 
 /**
  * One 'abort' listener per signal, however many receivers share it (a server-wide
@@ -249,7 +252,7 @@ export class Receiver implements ZeroCopyReceiver {
     else this.#finish(this.#closeError);
   };
   readonly #signal: AbortSignal | undefined;
-  #stopWatchingSignal: () => void = () => {};
+  #stopWatchingSignal: () => void = () => undefined;
 
   readonly #waitsForPool: boolean;
   readonly #auto: AutoPathMember | null = null;
@@ -349,6 +352,7 @@ export class Receiver implements ZeroCopyReceiver {
     this.#stop(null);
   }
 
+  // eslint-disable-next-line @typescript-eslint/require-await -- async so that anything close() throws arrives as a rejection
   async [Symbol.asyncDispose](): Promise<void> {
     this.close();
   }
@@ -382,7 +386,7 @@ export class Receiver implements ZeroCopyReceiver {
             // The socket was destroyed or the receiver closed elsewhere: not the whole stream.
             else stream.destroy(codedError(Error, 'ERR_STREAM_PREMATURE_CLOSE', 'the stream ended before the peer ended it'));
           },
-          (error: Error) => stream.destroy(error),
+          (error: unknown) => stream.destroy(error as Error),
         );
       },
       destroy: (error, callback): void => {
@@ -397,6 +401,7 @@ export class Receiver implements ZeroCopyReceiver {
   async pipeTo(destination: Writable, options: PipeToOptions = {}): Promise<void> {
     if (
       typeof destination !== 'object' ||
+      // eslint-disable-next-line @typescript-eslint/no-unnecessary-condition -- JavaScript callers pass anything
       destination === null ||
       typeof destination.write !== 'function' ||
       typeof destination.end !== 'function' ||
@@ -404,6 +409,7 @@ export class Receiver implements ZeroCopyReceiver {
     ) {
       throw codedError(TypeError, 'ERR_INVALID_ARG_TYPE', 'pipeTo(destination): destination must be a Writable stream');
     }
+    // eslint-disable-next-line @typescript-eslint/no-unnecessary-condition -- JavaScript callers pass anything
     if (typeof options !== 'object' || options === null) {
       throw codedError(TypeError, 'ERR_INVALID_ARG_TYPE', 'pipeTo(destination, options): options must be an object');
     }
@@ -413,17 +419,19 @@ export class Receiver implements ZeroCopyReceiver {
     }
     this.#piping = true;
 
-    let failure: Error | null = null;
+    // Set by the callbacks below while this awaits. TypeScript does not follow that: `as`
+    // keeps it from reading as always null, and throwIfFailed() reads it after each wait.
+    let failure = null as Error | null;
     let finishedOk = false;
     let needDrain = false;
     let pendingWrites = 0;
-    let wake = (): void => {};
+    let wake = (): void => undefined;
     // One wait at a time: for 'drain', for the last write callbacks, for 'finish'.
     const waitFor = (condition: () => boolean): Promise<void> =>
       new Promise<void>((resolve) => {
         const check = (): void => {
           if (failure === null && !condition()) return;
-          wake = () => {};
+          wake = () => undefined;
           resolve();
         };
         wake = check;
@@ -436,6 +444,9 @@ export class Receiver implements ZeroCopyReceiver {
       // pipeTo's to report, and later reads see the end).
       this.#stop(null);
       wake();
+    };
+    const throwIfFailed = (): void => {
+      if (failure !== null) throw failure;
     };
     const onDrain = (): void => {
       needDrain = false;
@@ -471,9 +482,9 @@ export class Receiver implements ZeroCopyReceiver {
           needDrain = true;
           await waitFor(() => !needDrain);
         }
-        if (failure !== null) throw failure;
+        throwIfFailed();
       }
-      if (failure !== null) throw failure;
+      throwIfFailed();
       if (!this.#endedByPeer) {
         // The socket was destroyed or the receiver closed elsewhere: the copy is partial.
         throw codedError(Error, 'ERR_STREAM_PREMATURE_CLOSE', 'pipeTo(): the stream ended before the peer ended it');
@@ -485,13 +496,13 @@ export class Receiver implements ZeroCopyReceiver {
         });
         await waitFor(() => finishedOk);
       }
-      if (failure !== null) throw failure;
+      throwIfFailed();
       stopWatching();
     } catch (error) {
       fail(error as Error);
       // As stream.pipeline(): either side failing takes both down. The watcher keeps an
       // 'error' listener on the destination, so its own late 'error' is not unhandled.
-      destination.on('error', () => {});
+      destination.on('error', () => undefined);
       if (typeof destination.destroy === 'function' && !destination.destroyed) destination.destroy(error as Error);
       throw error;
     } finally {

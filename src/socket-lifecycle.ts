@@ -82,7 +82,9 @@ export function copySocketLifecycle(socket: net.Socket): SocketLifecycle {
   const endsWithPeer = !socket.allowHalfOpen;
   socket.allowHalfOpen = true;
   return {
-    received() {},
+    received() {
+      // Node counts the bytes it reads itself, and its reads keep setTimeout() alive.
+    },
     ended() {
       if (!endsWithPeer) return;
       setImmediate(() => {

@@ -168,12 +168,12 @@ export function startSender(options: SenderOptions): Sender {
   const done = new Promise<SenderResult>((resolve, reject) => {
     let stdout = '';
     let stderr = '';
-    child.stdout?.on('data', (data: Buffer) => {
+    child.stdout.on('data', (data: Buffer) => {
       stdout += data.toString();
       const match = /\{"listening":(\d+)\}/.exec(stdout);
       if (match !== null) reportPort(Number(match[1]));
     });
-    child.stderr?.on('data', (data: Buffer) => (stderr += data.toString()));
+    child.stderr.on('data', (data: Buffer) => (stderr += data.toString()));
     child.on('error', reject);
     child.on('close', (code, signal) => {
       if (code === 0) {
@@ -183,7 +183,7 @@ export function startSender(options: SenderOptions): Sender {
           reject(new Error(`sender printed no report: ${stdout}`));
         }
       } else {
-        reject(new Error(`sender exited with ${signal ?? code}: ${stderr.trim()}`));
+        reject(new Error(`sender exited with ${String(signal ?? code)}: ${stderr.trim()}`));
       }
     });
   });

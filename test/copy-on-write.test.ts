@@ -9,7 +9,7 @@ import { describe, expect, it } from 'vitest';
 
 import { poolStats, probe, type Chunk } from '../src/index';
 import { patternByte, PatternChecker } from '../src/testing';
-import { loopbackFixture, mapLimit, MiB, socketMappingCount } from './helpers';
+import { errorWith, loopbackFixture, mapLimit, MiB, socketMappingCount } from './helpers';
 
 const { zerocopyStream } = loopbackFixture();
 const supported = probe().supported;
@@ -30,7 +30,11 @@ function runChild(scenario: string) {
 }
 
 /** What `chunk.data` must read after `edit` ran on it, from the pattern at `start`. */
-type Edit = { name: string; apply(data: Buffer): void; expected(original: Buffer): Buffer };
+interface Edit {
+  name: string;
+  apply(data: Buffer): void;
+  expected(original: Buffer): Buffer;
+}
 
 const edits: Edit[] = [
   {
@@ -236,7 +240,7 @@ describe.runIf(supported)('copy-on-write of mapped chunks', () => {
         for await (const chunk of receiver) {
           if (chunk.mapped && !tried) {
             tried = true;
-            expect(() => fs.readSync(fd, chunk.data, 0, 4096, 0)).toThrow(expect.objectContaining({ code: 'EFAULT' }));
+            expect(() => fs.readSync(fd, chunk.data, 0, 4096, 0)).toThrow(errorWith({ code: 'EFAULT' }));
             new PatternChecker(55).check(chunk.data.subarray(0, 0)); // still readable
           }
           chunk.release();

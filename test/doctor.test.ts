@@ -63,7 +63,7 @@ async function startListen(): Promise<{ port: number; closed: Promise<ListenConn
   const exited = new Promise<number | null>((resolve) => child.on('close', resolve));
   const port = await Promise.race([
     listening,
-    exited.then((code) => Promise.reject(new Error(`doctor --listen exited with ${code}`))),
+    exited.then((code) => Promise.reject(new Error(`doctor --listen exited with ${String(code)}`))),
   ]);
   return {
     port,

@@ -39,7 +39,7 @@ describe('error codes', () => {
 
   it("the guard accepts the package's errors and narrows their code", () => {
     const errors = [
-      thrown(() => attach({} as net.Socket)),
+      thrown(() => attach({} as unknown as net.Socket)),
       thrown(() => attach(new net.Socket())),
       thrown(() => configure({ maxPinnedBytes: -1 })),
     ];

@@ -4,7 +4,7 @@ import * as net from 'node:net';
 import * as os from 'node:os';
 import * as path from 'node:path';
 
-import { afterEach } from 'vitest';
+import { afterEach, expect } from 'vitest';
 
 import { attach, type AttachOptions, type Chunk, type ReceiverStats, type ZeroCopyReceiver } from '../src/index';
 import { PatternChecker, startSender, type Sender, type SenderOptions } from '../src/testing';
@@ -82,6 +82,14 @@ export function socketMappingCount(): number {
     .filter((line) => line.includes('socket:[')).length;
 }
 
+/**
+ * For `toThrow()`: an error whose own properties include `properties`. (vitest types
+ * expect.objectContaining() as `any`; toThrow() takes it as it would an Error.)
+ */
+export function errorWith(properties: Record<string, unknown>): Error {
+  return expect.objectContaining(properties) as Error;
+}
+
 /** Open file descriptors of this process. */
 export function openFdCount(): number {
   return readdirSync('/proc/self/fd').length;
@@ -89,7 +97,7 @@ export function openFdCount(): number {
 
 /** Runs `task` over `items` with at most `limit` at a time. */
 export async function mapLimit<T, R>(items: T[], limit: number, task: (item: T) => Promise<R>): Promise<R[]> {
-  const results: R[] = new Array(items.length);
+  const results: R[] = new Array<R>(items.length);
   let next = 0;
   const workers = Array.from({ length: Math.min(limit, items.length) }, async () => {
     while (next < items.length) {
@@ -203,7 +211,7 @@ export async function withHighOrderAllocLock<T>(task: () => Promise<T>): Promise
         rmSync(SYSCTL_LOCK, { recursive: true, force: true });
         continue;
       }
-      if (Date.now() > deadline) throw new Error(`${SYSCTL_LOCK} held too long (pid ${owner})`);
+      if (Date.now() > deadline) throw new Error(`${SYSCTL_LOCK} held too long (pid ${owner})`, { cause: error });
       await new Promise((resolve) => setTimeout(resolve, 50));
     }
   }

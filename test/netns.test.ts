@@ -84,7 +84,7 @@ describe.skipIf(skipReason !== null)('two hosts with 1% packet loss', () => {
         const match = /\{"listening":(\d+)\}/.exec(output);
         if (match !== null) resolve(Number(match[1]));
       });
-      receiver.on('exit', (code) => reject(new Error(`receiver exited early (${code})`)));
+      receiver.on('exit', (code) => reject(new Error(`receiver exited early (${String(code)})`)));
     });
     const retransBefore = counter(senderNs, 'TcpRetransSegs');
     const sender = spawnSync(

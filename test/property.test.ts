@@ -101,7 +101,10 @@ describe('randomised streams', () => {
     try {
       await runCase(seed);
     } catch (error) {
-      throw new Error(`failing seed ${seed} (rerun: TCPZC_SEED=${seed} npx vitest run test/property.test.ts): ${String(error)}`);
+      throw new Error(
+        `failing seed ${seed} (rerun: TCPZC_SEED=${seed} npx vitest run test/property.test.ts): ${String(error)}`,
+        { cause: error },
+      );
     }
   });
 });

@@ -15,7 +15,7 @@ import { attach, poolStats, type ZeroCopyReceiver } from '../src/index';
 import { Receiver, socketCopySource } from '../src/receiver';
 import { copySocketLifecycle } from '../src/socket-lifecycle';
 import { fillPattern, PatternChecker } from '../src/testing';
-import { drain, loopbackFixture, mapLimit, MiB, openFdCount } from './helpers';
+import { drain, errorWith, loopbackFixture, mapLimit, MiB, openFdCount } from './helpers';
 
 const { servers, serverAndSender, serverAndClient } = loopbackFixture();
 const run = promisify(exec);
@@ -71,7 +71,7 @@ afterAll(() => fs.rmSync(patternFile, { force: true }));
  * connection with what it saw.
  */
 function replyingServer(options: { allowHalfOpen?: boolean } = {}) {
-  const results: Array<Promise<{ bytes: number; events: string[]; error: unknown }>> = [];
+  const results: Promise<{ bytes: number; events: string[]; error: unknown }>[] = [];
   const server = net.createServer({ pauseOnConnect: true, ...options }, (socket) => {
     const events = recordEvents(socket);
     const closed = once(socket, 'close');
@@ -126,7 +126,12 @@ describe('end of stream, as net.Socket does it', () => {
       expect(reply).toBe('thanks');
       expect(events).toEqual(['finish', 'end', 'close']);
       expect(socket.bytesRead).toBe(payload.length);
-      await new Promise<void>((resolve) => server.getConnections((_, count) => (expect(count).toBe(0), resolve())));
+      await new Promise<void>((resolve) =>
+        server.getConnections((_, count) => {
+          expect(count).toBe(0);
+          resolve();
+        }),
+      );
     },
   );
 
@@ -199,15 +204,12 @@ describe('end of stream, as net.Socket does it', () => {
 
   it("bash's /dev/tcp: sends and closes; the server ends, closes, and leaves nothing in CLOSE-WAIT", async () => {
     const bytesReceived: number[] = [];
-    const closed: Array<Promise<unknown>> = [];
-    const { server } = await (async () => {
-      const server = net.createServer({ pauseOnConnect: true }, (socket) => {
-        closed.push(once(socket, 'close'));
-        void drain(attach(socket), SEED).then((received) => bytesReceived.push(received.bytes));
-      });
-      servers.push(server);
-      return { server };
-    })();
+    const closed: Promise<unknown>[] = [];
+    const server = net.createServer({ pauseOnConnect: true }, (socket) => {
+      closed.push(once(socket, 'close'));
+      void drain(attach(socket), SEED).then((received) => bytesReceived.push(received.bytes));
+    });
+    servers.push(server);
     const port = await listening(server);
     await run(`bash -c 'exec 3<>/dev/tcp/127.0.0.1/${port}; cat ${patternFile} >&3; exec 3>&-'`);
     await sleep(50);
@@ -257,7 +259,7 @@ describe('cluster and the copy source', () => {
     expect(result.status).toBe(0);
     const { replies, stats } = JSON.parse(result.stdout) as {
       replies: string[];
-      stats: Array<{ served: number; open: number; pinnedBytes: number }>;
+      stats: { served: number; open: number; pinnedBytes: number }[];
     };
     expect(replies).toEqual(Array.from({ length: 40 }, () => `ok ${256 * 1024 + 5}`));
     expect(stats.reduce((sum, worker) => sum + worker.served, 0)).toBe(40);
@@ -312,7 +314,7 @@ describe('socket errors destroy the socket', () => {
 
   it("an 'error' listener on the socket sees the reset once too", async () => {
     const { socket, sender } = await serverAndSender({ bytes: 8 * MiB, rstAfter: 1_000_000, seed: 7, mss: 4108 });
-    const errors: Array<Error & { code?: string }> = [];
+    const errors: (Error & { code?: string })[] = [];
     socket.on('error', (error) => errors.push(error));
     const closed = new Promise((resolve) => socket.once('close', resolve));
     const receiver = attach(socket);
@@ -355,7 +357,7 @@ describe('leaving early', () => {
         }
         return 'done';
       };
-      const outcome = await consume().catch((error: Error) => error.message);
+      const outcome = await consume().catch((error: unknown) => (error as Error).message);
       expect(outcome).toBe({ break: 'done', throw: 'consumer gave up', return: 'returned' }[how]);
       await closed;
       expect(socket.destroyed).toBe(true);
@@ -428,12 +430,12 @@ describe('leaving early', () => {
     process.on('warning', onWarning);
     try {
       const controller = new AbortController();
-      const outcomes: Array<Promise<string>> = [];
+      const outcomes: Promise<string>[] = [];
       for (let i = 0; i < 30; i++) {
         const { client, socket } = await serverAndClient();
         client.write('x');
         const receiver = attach(socket, { signal: controller.signal });
-        outcomes.push(countBytes(receiver).then(() => 'ended', (error: Error) => error.name));
+        outcomes.push(countBytes(receiver).then(() => 'ended', (error: unknown) => (error as Error).name));
       }
       await sleep(50);
       controller.abort();
@@ -447,7 +449,7 @@ describe('leaving early', () => {
 
   it('an already aborted signal: attach throws AbortError and leaves the socket untouched', async () => {
     const { client, socket } = await serverAndClient();
-    expect(() => attach(socket, { signal: AbortSignal.abort() })).toThrow(expect.objectContaining({ name: 'AbortError' }));
+    expect(() => attach(socket, { signal: AbortSignal.abort() })).toThrow(errorWith({ name: 'AbortError' }));
     expect(socket.destroyed).toBe(false);
     client.end('still here');
     const receiver = attach(socket);
@@ -499,7 +501,7 @@ describe('timeouts, bytesRead and stray readers', () => {
     '%s on an attached socket emits one process warning; the receiver still gets every byte',
     async (how) => {
       const { client, socket } = await serverAndClient();
-      const warnings: Array<Error & { code?: string }> = [];
+      const warnings: (Error & { code?: string })[] = [];
       const onWarning = (warning: Error & { code?: string }): void => {
         if (warning.code === 'TCPZC_ATTACHED_SOCKET_READ') warnings.push(warning);
       };

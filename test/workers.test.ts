@@ -59,7 +59,7 @@ describe('worker_threads', () => {
     await sender.done;
     expect(result.bytes).toBe(64 * MiB);
     if (probe().supported) expect(result.mapped / result.bytes).toBeGreaterThan(0.95);
-    const [code] = await exited;
+    const [code] = (await exited) as [number];
     expect(code).toBe(0);
   });
 
