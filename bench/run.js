@@ -49,14 +49,18 @@ function buildReference(name) {
   const args = ['-std=c++17', '-Wall', '-Wextra', '-O2', '-o', output, source];
   console.error(`bench: ${cxx} ${args.join(' ')}`);
   const result = spawnSync(cxx, args, { stdio: 'inherit' });
-  if (result.status !== 0) throw new Error(`building ${name} failed (${cxx}: ${result.error?.message ?? `exit ${result.status}`})`);
+  if (result.status !== 0)
+    throw new Error(`building ${name} failed (${cxx}: ${result.error?.message ?? `exit ${result.status}`})`);
 }
 
 /** @param {string} text */
 function parseSize(text) {
   const match = /^(\d+)([KMG]?)$/i.exec(text.trim());
   if (match === null) throw new Error(`not a size: ${text}`);
-  return Number(match[1]) * { '': 1, K: 1024, M: 1024 ** 2, G: 1024 ** 3 }[/** @type {'' | 'K' | 'M' | 'G'} */ (match[2].toUpperCase())];
+  return (
+    Number(match[1]) *
+    { '': 1, K: 1024, M: 1024 ** 2, G: 1024 ** 3 }[/** @type {'' | 'K' | 'M' | 'G'} */ (match[2].toUpperCase())]
+  );
 }
 
 /** @param {number} bytes */
@@ -114,7 +118,11 @@ const allReceivers = [
 const only = values.only?.split(',');
 const receivers = allReceivers.filter((r) => only === undefined || only.includes(r.id));
 const passes = [
-  { id: 'zerocopy', name: 'MSG_ZEROCOPY sender, MSS 4108', sender: { mode: /** @type {const} */ ('zerocopy'), mss: 4108 } },
+  {
+    id: 'zerocopy',
+    name: 'MSG_ZEROCOPY sender, MSS 4108',
+    sender: { mode: /** @type {const} */ ('zerocopy'), mss: 4108 },
+  },
   { id: 'plain', name: 'plain send() sender', sender: { mode: /** @type {const} */ ('plain') } },
 ].filter((p) => values.passes.split(',').includes(p.id));
 
@@ -136,14 +144,20 @@ async function runOnce(receiver, pass, chunk, consumer) {
   let forwardSink = null;
   if (consumer === 'forward') {
     // The forwarded stream goes to a C receiver that reads nothing, in its own process.
-    const sinkProcess = spawn(path.join(referenceDir, 'recv_ref'), ['--port', '0', '--no-touch'], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const sinkProcess = spawn(path.join(referenceDir, 'recv_ref'), ['--port', '0', '--no-touch'], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
     forwardSink = sinkProcess;
-    const [line] = /** @type {[Buffer]} */ (await once(/** @type {import('node:stream').Readable} */ (sinkProcess.stdout), 'data'));
+    const [line] = /** @type {[Buffer]} */ (
+      await once(/** @type {import('node:stream').Readable} */ (sinkProcess.stdout), 'data')
+    );
     baseArgs.push('--forward-to', String(/\{"port":(\d+)\}/.exec(line.toString())?.[1]));
   }
   const streams = warmupBytes > 0 ? 2 : 1;
   const stdio = /** @type {const} */ (['pipe', 'pipe', 'inherit']);
-  const child = spawn(command, [...baseArgs, '--chunk', String(chunk), '--streams', String(streams), '--port', '0'], { stdio });
+  const child = spawn(command, [...baseArgs, '--chunk', String(chunk), '--streams', String(streams), '--port', '0'], {
+    stdio,
+  });
   let stdout = '';
   /** @type {(line: string) => void} */
   let onReady = () => undefined;
@@ -165,7 +179,9 @@ async function runOnce(receiver, pass, chunk, consumer) {
   if (warmupBytes > 0) {
     // Not measured: the receiver's first stream warms it up (JIT, pool, page tables) as a
     // server that has been running is warm.
-    await (await startStream(warmupBytes)).done;
+    await (
+      await startStream(warmupBytes)
+    ).done;
   }
   const finishCount = perfWorks ? await countSyscalls(/** @type {number} */ (child.pid)) : null;
   const sender = await startStream(bytes);
@@ -186,12 +202,15 @@ async function runOnce(receiver, pass, chunk, consumer) {
 
 // Syscalls are counted by the kernel (perf's raw_syscalls tracepoint, linux-perf) where
 // that works; otherwise receivers that can count their own report those.
-const perfWorks = spawnSync('perf', ['stat', '-x', ',', '-e', 'raw_syscalls:sys_enter', 'true'], { encoding: 'utf8' }).status === 0;
+const perfWorks =
+  spawnSync('perf', ['stat', '-x', ',', '-e', 'raw_syscalls:sys_enter', 'true'], { encoding: 'utf8' }).status === 0;
 
 /** Starts counting the syscalls of `pid`; resolves the count once it exits. @param {number} pid */
 async function countSyscalls(pid) {
   const file = path.join(os.tmpdir(), `tcpzc-bench-perf-${pid}.csv`);
-  const perf = spawn('perf', ['stat', '-x', ',', '-e', 'raw_syscalls:sys_enter', '-p', String(pid), '-o', file], { stdio: 'ignore' });
+  const perf = spawn('perf', ['stat', '-x', ',', '-e', 'raw_syscalls:sys_enter', '-p', String(pid), '-o', file], {
+    stdio: 'ignore',
+  });
   await new Promise((resolve) => setTimeout(resolve, 150)); // attached before the transfer starts
   return async () => {
     if (perf.exitCode === null) perf.kill('SIGINT');
@@ -233,7 +252,8 @@ async function main() {
   /** @type {{ rep: number, pass: string, chunk: number, consumer: string, receiver: string, report: Report }[]} */
   const runs = [];
   /** @param {string} consumer */
-  const receiversFor = (consumer) => receivers.filter((r) => consumerReceivers[/** @type {keyof typeof consumerReceivers} */ (consumer)].includes(r.id));
+  const receiversFor = (consumer) =>
+    receivers.filter((r) => consumerReceivers[/** @type {keyof typeof consumerReceivers} */ (consumer)].includes(r.id));
   const total = reps * passes.length * chunks.length * consumers.reduce((n, c) => n + receiversFor(c).length, 0);
   const started = Date.now();
   console.error(
@@ -265,7 +285,9 @@ async function main() {
       for (const chunk of chunks) {
         for (const receiver of receiversFor(consumer)) {
           const reports = runs
-            .filter((x) => x.pass === pass.id && x.chunk === chunk && x.consumer === consumer && x.receiver === receiver.id)
+            .filter(
+              (x) => x.pass === pass.id && x.chunk === chunk && x.consumer === consumer && x.receiver === receiver.id,
+            )
             .map((x) => x.report);
           const cpu = reports.map(cpuPerGB);
           const speed = reports.map(gbPerSecond);
@@ -296,7 +318,10 @@ async function main() {
   // a ratio of two medians.
   /** @param {{ pass: string, chunk: number, consumer: string }} r @param {string} id @param {number} rep */
   const cpuIn = (r, id, rep) => {
-    const run = runs.find((x) => x.rep === rep && x.pass === r.pass && x.chunk === r.chunk && x.consumer === r.consumer && x.receiver === id);
+    const run = runs.find(
+      (x) =>
+        x.rep === rep && x.pass === r.pass && x.chunk === r.chunk && x.consumer === r.consumer && x.receiver === id,
+    );
     return run === undefined ? undefined : cpuPerGB(run.report);
   };
   /** @param {{ pass: string, chunk: number, consumer: string, receiver: string }} r @param {string[]} others the cheapest of these per repetition */
@@ -361,15 +386,22 @@ function evaluateTargets(row) {
   }
   if (has('a') && has('b') && has('g')) {
     const all = passes.flatMap((p) =>
-      consumers.flatMap((consumer) => chunks.map((c) => ({ pass: p.id, consumer, chunk: c, r: row(p.id, c, 'g', consumer) }))),
+      consumers.flatMap((consumer) =>
+        chunks.map((c) => ({ pass: p.id, consumer, chunk: c, r: row(p.id, c, 'g', consumer) })),
+      ),
     );
     const over = all.filter((x) => x.r !== undefined && x.r.cpuVsBestMode > 1.05);
-    const worst = all.reduce((w, x) => (x.r !== undefined && (w === null || x.r.cpuVsBestMode > w.r.cpuVsBestMode) ? x : w), /** @type {any} */ (null));
+    const worst = all.reduce(
+      (w, x) => (x.r !== undefined && (w === null || x.r.cpuVsBestMode > w.r.cpuVsBestMode) ? x : w),
+      /** @type {any} */ (null),
+    );
     targets.push({
       target: 'auto mode (g) <= 1.05x the cheaper of (a) and (b) CPU, every row',
       measured:
         `worst ${worst.r.cpuVsBestMode.toFixed(2)}x (${worst.pass}, ${worst.consumer}, ${sizeName(worst.chunk)})` +
-        (over.length > 0 ? `; over in ${over.length} of ${all.length}: ${over.map((x) => `${x.pass}/${x.consumer}/${sizeName(x.chunk)} ${x.r.cpuVsBestMode.toFixed(2)}x`).join(', ')}` : `; ${all.length} rows`),
+        (over.length > 0
+          ? `; over in ${over.length} of ${all.length}: ${over.map((x) => `${x.pass}/${x.consumer}/${sizeName(x.chunk)} ${x.r.cpuVsBestMode.toFixed(2)}x`).join(', ')}`
+          : `; ${all.length} rows`),
       met: over.length === 0,
     });
   }
@@ -401,8 +433,13 @@ function renderMarkdown(result) {
   };
   for (const pass of passes) {
     for (const consumer of result.consumers) {
-      lines.push(`**${pass.name}; consumer: ${consumerNames[/** @type {keyof typeof consumerNames} */ (consumer)]}**`, '');
-      lines.push('| receiver | chunk | CPU ms/GB | GB/s | mapped | syscalls/GB | peak RSS MiB | sender busy | CPU vs net.Socket | CPU vs C zero-copy | CPU vs best of (a),(b) |');
+      lines.push(
+        `**${pass.name}; consumer: ${consumerNames[/** @type {keyof typeof consumerNames} */ (consumer)]}**`,
+        '',
+      );
+      lines.push(
+        '| receiver | chunk | CPU ms/GB | GB/s | mapped | syscalls/GB | peak RSS MiB | sender busy | CPU vs net.Socket | CPU vs C zero-copy | CPU vs best of (a),(b) |',
+      );
       lines.push('|---|---|---|---|---|---|---|---|---|---|---|');
       for (const r of result.rows.filter((/** @type {any} */ x) => x.pass === pass.id && x.consumer === consumer)) {
         const range = (/** @type {{median:number,min:number,max:number}} */ v, /** @type {number} */ digits) =>
@@ -433,7 +470,12 @@ function renderSvg(result) {
   const plotHeight = 280;
   // The line-reading consumer, as in the README's first table.
   const chartConsumer = result.consumers.includes('lines') ? 'lines' : result.consumers[0];
-  const maxCpu = Math.max(...result.rows.filter((/** @type {any} */ r) => r.consumer === chartConsumer).map((/** @type {any} */ r) => r.cpuMsPerGB.median)) * 1.1;
+  const maxCpu =
+    Math.max(
+      ...result.rows
+        .filter((/** @type {any} */ r) => r.consumer === chartConsumer)
+        .map((/** @type {any} */ r) => r.cpuMsPerGB.median),
+    ) * 1.1;
   const parts = [
     `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" font-family="sans-serif" font-size="12">`,
     `<rect width="${width}" height="${height}" fill="white"/>`,
@@ -441,22 +483,32 @@ function renderSvg(result) {
   ];
   passes.forEach((pass, p) => {
     const left = 60 + p * (panelWidth + 70);
-    const x = (/** @type {number} */ i) => left + (chunks.length === 1 ? panelWidth / 2 : (i * panelWidth) / (chunks.length - 1));
+    const x = (/** @type {number} */ i) =>
+      left + (chunks.length === 1 ? panelWidth / 2 : (i * panelWidth) / (chunks.length - 1));
     const y = (/** @type {number} */ v) => top + plotHeight - (v / maxCpu) * plotHeight;
     parts.push(`<text x="${left + panelWidth / 2}" y="${top - 12}" text-anchor="middle">${pass.name}</text>`);
-    parts.push(`<line x1="${left}" y1="${top + plotHeight}" x2="${left + panelWidth}" y2="${top + plotHeight}" stroke="black"/>`);
+    parts.push(
+      `<line x1="${left}" y1="${top + plotHeight}" x2="${left + panelWidth}" y2="${top + plotHeight}" stroke="black"/>`,
+    );
     parts.push(`<line x1="${left}" y1="${top}" x2="${left}" y2="${top + plotHeight}" stroke="black"/>`);
     for (let t = 0; t <= 4; t++) {
       const v = (maxCpu * t) / 4;
       parts.push(`<text x="${left - 6}" y="${y(v) + 4}" text-anchor="end">${v.toFixed(0)}</text>`);
       parts.push(`<line x1="${left}" y1="${y(v)}" x2="${left + panelWidth}" y2="${y(v)}" stroke="#ddd"/>`);
     }
-    chunks.forEach((c, i) => parts.push(`<text x="${x(i)}" y="${top + plotHeight + 16}" text-anchor="middle">${sizeName(c)}</text>`));
-    parts.push(`<text x="${left - 45}" y="${top + plotHeight / 2}" transform="rotate(-90 ${left - 45} ${top + plotHeight / 2})" text-anchor="middle">CPU ms per GB</text>`);
+    chunks.forEach((c, i) =>
+      parts.push(`<text x="${x(i)}" y="${top + plotHeight + 16}" text-anchor="middle">${sizeName(c)}</text>`),
+    );
+    parts.push(
+      `<text x="${left - 45}" y="${top + plotHeight / 2}" transform="rotate(-90 ${left - 45} ${top + plotHeight / 2})" text-anchor="middle">CPU ms per GB</text>`,
+    );
     for (const receiver of receivers) {
       const points = chunks
         .map((c, i) => {
-          const r = result.rows.find((/** @type {any} */ z) => z.pass === pass.id && z.chunk === c && z.receiver === receiver.id && z.consumer === chartConsumer);
+          const r = result.rows.find(
+            (/** @type {any} */ z) =>
+              z.pass === pass.id && z.chunk === c && z.receiver === receiver.id && z.consumer === chartConsumer,
+          );
           return r === undefined ? null : `${x(i).toFixed(1)},${y(r.cpuMsPerGB.median).toFixed(1)}`;
         })
         .filter((pt) => pt !== null);
@@ -471,7 +523,9 @@ function renderSvg(result) {
   receivers.forEach((receiver, i) => {
     const lx = 60 + (i % 3) * 280;
     const ly = top + plotHeight + 45 + Math.floor(i / 3) * 20;
-    parts.push(`<rect x="${lx}" y="${ly - 9}" width="14" height="4" fill="${colors[/** @type {keyof typeof colors} */ (receiver.id)]}"/>`);
+    parts.push(
+      `<rect x="${lx}" y="${ly - 9}" width="14" height="4" fill="${colors[/** @type {keyof typeof colors} */ (receiver.id)]}"/>`,
+    );
     parts.push(`<text x="${lx + 20}" y="${ly - 4}">(${receiver.id}) ${receiver.name}</text>`);
   });
   parts.push('</svg>');

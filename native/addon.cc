@@ -23,8 +23,7 @@ constexpr double kMaxPinnedBytesLimit = 64.0 * 1024 * 1024 * 1024;
 bool ProbeExternalBuffers(Napi::Env env) {
   static char probe_byte = 0;
   napi_value buffer;
-  napi_status status =
-      napi_create_external_buffer(env, 1, &probe_byte, nullptr, nullptr, &buffer);
+  napi_status status = napi_create_external_buffer(env, 1, &probe_byte, nullptr, nullptr, &buffer);
   return status != napi_no_external_buffers_allowed;
 }
 

@@ -15,18 +15,18 @@ constexpr int32_t kCopybufSize = 4095;
 
 // Layout of Linux 6.x (64 bytes). Older kernels know a prefix of it; probe.cc finds which.
 struct ZerocopyReceive {
-  uint64_t address;         // in: page-aligned start inside a TCP mapping
-  uint32_t length;          // in: bytes wanted; out: bytes mapped
-  uint32_t recv_skip_hint;  // out: bytes before the next mappable page
-  uint32_t inq;             // out: bytes still queued (5.7)
-  int32_t err;              // out: pending socket error as -errno, cleared by reading (5.7)
-  uint64_t copybuf_address; // in: buffer for small reads and leftovers (5.11)
-  int32_t copybuf_len;      // in: capacity; out: bytes copied or -errno (5.11)
-  uint32_t flags;           // in: kTlbCleanHint (5.11)
-  uint64_t msg_control;     // rx timestamps (5.12), unused
+  uint64_t address;          // in: page-aligned start inside a TCP mapping
+  uint32_t length;           // in: bytes wanted; out: bytes mapped
+  uint32_t recv_skip_hint;   // out: bytes before the next mappable page
+  uint32_t inq;              // out: bytes still queued (5.7)
+  int32_t err;               // out: pending socket error as -errno, cleared by reading (5.7)
+  uint64_t copybuf_address;  // in: buffer for small reads and leftovers (5.11)
+  int32_t copybuf_len;       // in: capacity; out: bytes copied or -errno (5.11)
+  uint32_t flags;            // in: kTlbCleanHint (5.11)
+  uint64_t msg_control;      // rx timestamps (5.12), unused
   uint64_t msg_controllen;
   uint32_t msg_flags;
-  uint32_t reserved;        // must be zero
+  uint32_t reserved;  // must be zero
 };
 
 static_assert(sizeof(ZerocopyReceive) == 64, "kernel struct is 64 bytes");
@@ -39,9 +39,9 @@ static_assert(offsetof(ZerocopyReceive, msg_control) == 40, "layout");
 static_assert(offsetof(ZerocopyReceive, msg_flags) == 56, "layout");
 
 // optlen values the kernel answers with, which tell what the running kernel fills in.
-constexpr uint32_t kOptlenBase = 16;      // 4.18-5.6: address, length, recv_skip_hint
-constexpr uint32_t kOptlenWithErr = 24;   // 5.7+: inq, err
-constexpr uint32_t kOptlenCopybuf = 40;   // 5.11+: copybuf, flags
-constexpr uint32_t kOptlenFull = 64;      // 5.12+: msg_control...
+constexpr uint32_t kOptlenBase = 16;     // 4.18-5.6: address, length, recv_skip_hint
+constexpr uint32_t kOptlenWithErr = 24;  // 5.7+: inq, err
+constexpr uint32_t kOptlenCopybuf = 40;  // 5.11+: copybuf, flags
+constexpr uint32_t kOptlenFull = 64;     // 5.12+: msg_control...
 
 }  // namespace tcpzc

@@ -15,9 +15,7 @@
 namespace tcpzc {
 namespace {
 
-std::string Describe(const char* what, int err) {
-  return std::string(what) + ": " + std::strerror(err);
-}
+std::string Describe(const char* what, int err) { return std::string(what) + ": " + std::strerror(err); }
 
 void Probe(KernelFeatures* out) {
   struct utsname uts;
@@ -66,8 +64,7 @@ void Probe(KernelFeatures* out) {
     return;
   }
   if (optlen < kOptlenBase || optlen > sizeof(zc)) {
-    out->reason = "getsockopt(TCP_ZEROCOPY_RECEIVE) answered an unexpected optlen " +
-                  std::to_string(optlen);
+    out->reason = "getsockopt(TCP_ZEROCOPY_RECEIVE) answered an unexpected optlen " + std::to_string(optlen);
     return;
   }
   out->struct_size = optlen;

@@ -8,9 +8,9 @@ namespace tcpzc {
 // What the running kernel offers for zero-copy receive. Probed once per process:
 // the answer cannot change while the process lives, and workers share it.
 struct KernelFeatures {
-  bool supported = false;  // mmap on TCP + TCP_ZEROCOPY_RECEIVE both work
-  std::string reason;      // why not, when !supported
-  std::string kernel;      // uname release
+  bool supported = false;    // mmap on TCP + TCP_ZEROCOPY_RECEIVE both work
+  std::string reason;        // why not, when !supported
+  std::string kernel;        // uname release
   uint32_t struct_size = 0;  // optlen the kernel accepts (16/24/40/64)
   bool inq_and_err = false;  // inq + err fields (5.7)
   bool copybuf = false;      // copybuf + flags (5.11)

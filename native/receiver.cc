@@ -53,9 +53,7 @@ void OnHandleClosed(uv_handle_t* handle) {
 }
 
 // Environment teardown (process exit, worker termination): close on the env's own loop.
-void OnEnvCleanup(napi_async_cleanup_hook_handle, void* arg) {
-  CloseHandles(static_cast<UvHandles*>(arg));
-}
+void OnEnvCleanup(napi_async_cleanup_hook_handle, void* arg) { CloseHandles(static_cast<UvHandles*>(arg)); }
 
 // Reads up to `length` bytes without blocking: bytes read, 0 at end of stream, or -errno
 // (-EAGAIN when nothing is queued).
@@ -666,8 +664,8 @@ void Receiver::DrainCycle(Batch* batch) {
   // The queue count stops at a pending urgent mark: step over the urgent byte (recv does)
   // and count again. Bounded, so a peer sending urgent bytes cannot keep us draining.
   int at_mark = 0;
-  if (drain_budget_ == 0 && drain_mark_steps_ < kMaxDrainMarkSteps &&
-      ioctl(handles_->fd, SIOCATMARK, &at_mark) == 0 && at_mark != 0) {
+  if (drain_budget_ == 0 && drain_mark_steps_ < kMaxDrainMarkSteps && ioctl(handles_->fd, SIOCATMARK, &at_mark) == 0 &&
+      at_mark != 0) {
     drain_mark_steps_++;
     ReadCopied(batch, 0, chunk_size_);
     drain_budget_ = QueuedBytes(handles_->fd);
@@ -741,8 +739,7 @@ Napi::Value Receiver::GetStats(const Napi::CallbackInfo& info) {
   stats.Set("bytesCopiedDraining", stats_.bytes_copied_by_cause[kDraining]);
   stats.Set("chunksCopiedOnWrite", static_cast<double>(copy_on_write_->chunks.load(std::memory_order_relaxed)));
   stats.Set("zerocopy", zerocopy_ && !copying_by_choice_);
-  stats.Set("fallbackReason",
-            fallback_reason_.empty() ? env.Null() : Napi::String::New(env, fallback_reason_));
+  stats.Set("fallbackReason", fallback_reason_.empty() ? env.Null() : Napi::String::New(env, fallback_reason_));
   return stats;
 }
 

@@ -80,24 +80,24 @@ class Receiver : public Napi::ObjectWrap<Receiver>, private PoolWaiter {
 
   Mode mode_;
   PoolFull pool_full_policy_;
-  bool zerocopy_;           // current path; 'auto' may turn it off for good
+  bool zerocopy_;                   // current path; 'auto' may turn it off for good
   bool copying_by_choice_ = false;  // 'auto' measured copying as cheaper (setCopying)
-  bool external_buffers_;   // false where the runtime refuses external Buffers
+  bool external_buffers_;           // false where the runtime refuses external Buffers
   size_t chunk_size_;
-  size_t map_size_;         // chunk_size_ rounded down to pages
+  size_t map_size_;  // chunk_size_ rounded down to pages
   uint64_t flush_delay_ms_;
   bool low_water_is_one_ = false;
-  size_t high_low_water_ = SIZE_MAX;     // SO_RCVLOWAT in force when raised (kernel-capped)
-  size_t bytes_at_low_water_one_ = 0;    // delivered since the mark dropped to 1
-  bool wants_data_ = false;     // JS asked for data (start) and has not said stop
-  bool held_ = false;           // wrapper referenced strongly: JS waits for our callback
-  bool draining_ = false;       // socket closed by Node: deliver what is queued, then end
-  size_t drain_budget_ = 0;     // bytes queued when draining began
+  size_t high_low_water_ = SIZE_MAX;   // SO_RCVLOWAT in force when raised (kernel-capped)
+  size_t bytes_at_low_water_one_ = 0;  // delivered since the mark dropped to 1
+  bool wants_data_ = false;            // JS asked for data (start) and has not said stop
+  bool held_ = false;                  // wrapper referenced strongly: JS waits for our callback
+  bool draining_ = false;              // socket closed by Node: deliver what is queued, then end
+  size_t drain_budget_ = 0;            // bytes queued when draining began
   unsigned drain_mark_steps_ = 0;
   bool polling_ = false;
   bool waiting_for_pool_ = false;
   bool ended_ = false;
-  int pending_error_ = 0;   // socket error seen while data was still queued
+  int pending_error_ = 0;  // socket error seen while data was still queued
   unsigned zero_map_streak_ = 0;
   unsigned copy_only_cycles_ = 0;
 

@@ -183,8 +183,7 @@ void usage(FILE* out) {
 }
 
 // Unsigned decimal (or 0x-prefixed hex) number in [min, max]; optional binary K/M/G suffix.
-uint64_t parse_num(const char* opt, const char* s, uint64_t min, uint64_t max,
-                   bool suffix = false) {
+uint64_t parse_num(const char* opt, const char* s, uint64_t min, uint64_t max, bool suffix = false) {
   if (*s < '0' || *s > '9') die_usage("invalid value for --%s: '%s'", opt, s);
   const int base = s[0] == '0' && (s[1] == 'x' || s[1] == 'X') ? 16 : 10;
   char* end;
@@ -202,16 +201,32 @@ uint64_t parse_num(const char* opt, const char* s, uint64_t min, uint64_t max,
   }
   if (*end != '\0') die_usage("invalid value for --%s: '%s'", opt, s);
   if (v < min || v > max) {
-    die_usage("value for --%s out of range [%llu, %llu]: '%s'", opt,
-              static_cast<unsigned long long>(min), static_cast<unsigned long long>(max), s);
+    die_usage("value for --%s out of range [%llu, %llu]: '%s'", opt, static_cast<unsigned long long>(min),
+              static_cast<unsigned long long>(max), s);
   }
   return v;
 }
 
 Options parse_args(int argc, char** argv) {
   enum {
-    kHost = 256, kPort, kBytes, kSeed, kMode, kMss, kWriteSize, kSndbuf, kPauseAt, kPauseMs,
-    kDribble, kDribblePauseMs, kOobAt, kRstAfter, kLingerMs, kNoCloseWait, kConnectTimeoutMs, kListen,
+    kHost = 256,
+    kPort,
+    kBytes,
+    kSeed,
+    kMode,
+    kMss,
+    kWriteSize,
+    kSndbuf,
+    kPauseAt,
+    kPauseMs,
+    kDribble,
+    kDribblePauseMs,
+    kOobAt,
+    kRstAfter,
+    kLingerMs,
+    kNoCloseWait,
+    kConnectTimeoutMs,
+    kListen,
     kHelp,
   };
   static const option kLong[] = {
@@ -291,9 +306,7 @@ Options parse_args(int argc, char** argv) {
       case kLingerMs: o.linger_ms = parse_num(name, optarg, 0, kMaxMs); break;
       case kNoCloseWait: o.close_wait = false; break;
       case kListen: o.listen = true; break;
-      case kConnectTimeoutMs:
-        o.connect_timeout_ms = static_cast<int>(parse_num(name, optarg, 1, INT32_MAX));
-        break;
+      case kConnectTimeoutMs: o.connect_timeout_ms = static_cast<int>(parse_num(name, optarg, 1, INT32_MAX)); break;
       case kHelp: usage(stdout); exit(0);
       default: exit(2);  // getopt_long already printed what was wrong
     }
@@ -452,8 +465,7 @@ class Sender {
 
 Sender::Sender(int fd, const Options& o) : fd_(fd), o_(o) {
   const size_t slot_bytes = (o.write_size + 4095) & ~size_t{4095};
-  const size_t slots =
-      o.zerocopy ? std::clamp<size_t>(kRingBytes / slot_bytes, 2, kRingSlots) : 1;
+  const size_t slots = o.zerocopy ? std::clamp<size_t>(kRingBytes / slot_bytes, 2, kRingSlots) : 1;
   for (size_t i = 0; i < slots; i++) {
     // Page-aligned so that no two slots share a page pinned by MSG_ZEROCOPY.
     void* p = aligned_alloc(4096, slot_bytes);
@@ -559,8 +571,7 @@ ssize_t Sender::try_send(const void* buf, size_t len, int flags) {
     return 0;
   }
   if (errno == ENOBUFS && (flags & MSG_ZEROCOPY)) return -1;
-  die_sys(flags & MSG_OOB ? "send(MSG_OOB)" : flags & MSG_ZEROCOPY ? "send(MSG_ZEROCOPY)" : "send",
-          errno);
+  die_sys(flags & MSG_OOB ? "send(MSG_OOB)" : flags & MSG_ZEROCOPY ? "send(MSG_ZEROCOPY)" : "send", errno);
 }
 
 // Sends stream bytes [off_, end) one byte per send(), pausing every 64 stream bytes.
@@ -581,9 +592,7 @@ void Sender::send_oob() {
   oob_bytes_++;
 }
 
-void Sender::set_nodelay(bool on) {
-  set_int_opt(fd_, IPPROTO_TCP, TCP_NODELAY, on, "setsockopt(TCP_NODELAY)");
-}
+void Sender::set_nodelay(bool on) { set_int_opt(fd_, IPPROTO_TCP, TCP_NODELAY, on, "setsockopt(TCP_NODELAY)"); }
 
 // poll() for `events`; returns revents (0 on timeout). POLLERR drains the error queue; a
 // POLLERR with nothing queued is a socket error, which is fatal.
@@ -668,8 +677,8 @@ void Sender::finish_completions(int timeout_ms) {
   while (outstanding_ > 0) {
     const double left = deadline - now_ms();
     if (left <= 0) {
-      warn("%llu zerocopy notifications still outstanding after %d ms",
-           static_cast<unsigned long long>(outstanding_), timeout_ms);
+      warn("%llu zerocopy notifications still outstanding after %d ms", static_cast<unsigned long long>(outstanding_),
+           timeout_ms);
       return;
     }
     wait_completions(static_cast<int>(left) + 1);
@@ -735,13 +744,14 @@ void Sender::reset_connection() {
 }
 
 void Sender::print_stats() const {
-  printf("{\"bytes\":%llu,\"sends\":%llu,\"zerocopyCompletions\":%llu,\"copiedCompletions\":%llu,"
-         "\"oobBytes\":%llu,\"elapsedMs\":%.3f,\"cpuUserMs\":%.3f,\"cpuSysMs\":%.3f,\"mss\":%d}\n",
-         static_cast<unsigned long long>(off_), static_cast<unsigned long long>(sends_),
-         static_cast<unsigned long long>(completions_), static_cast<unsigned long long>(copied_),
-         static_cast<unsigned long long>(oob_bytes_), elapsed_ms_,
-         timeval_ms(end_ru_.ru_utime) - timeval_ms(start_ru_.ru_utime),
-         timeval_ms(end_ru_.ru_stime) - timeval_ms(start_ru_.ru_stime), mss_);
+  printf(
+      "{\"bytes\":%llu,\"sends\":%llu,\"zerocopyCompletions\":%llu,\"copiedCompletions\":%llu,"
+      "\"oobBytes\":%llu,\"elapsedMs\":%.3f,\"cpuUserMs\":%.3f,\"cpuSysMs\":%.3f,\"mss\":%d}\n",
+      static_cast<unsigned long long>(off_), static_cast<unsigned long long>(sends_),
+      static_cast<unsigned long long>(completions_), static_cast<unsigned long long>(copied_),
+      static_cast<unsigned long long>(oob_bytes_), elapsed_ms_,
+      timeval_ms(end_ru_.ru_utime) - timeval_ms(start_ru_.ru_utime),
+      timeval_ms(end_ru_.ru_stime) - timeval_ms(start_ru_.ru_stime), mss_);
 }
 
 }  // namespace

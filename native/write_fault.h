@@ -17,8 +17,8 @@ namespace tcpzc {
 
 // Counted by the handler, read on the JS thread.
 struct CopyOnWriteCounters {
-  std::atomic<uint64_t> chunks{0};      // chunks turned into private copies, ever
-  std::atomic<uint64_t> live_bytes{0};  // bytes of those chunks not yet released
+  std::atomic<uint64_t> chunks{0};       // chunks turned into private copies, ever
+  std::atomic<uint64_t> live_bytes{0};   // bytes of those chunks not yet released
   std::atomic<uint64_t> live_chunks{0};  // those chunks not yet released
 };
 

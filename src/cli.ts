@@ -70,7 +70,8 @@ async function main(argv: string[]): Promise<number> {
       throw new UsageError('--connections wants a positive integer');
     }
     const intervalMs = values['interval-ms'] === undefined ? 1000 : Number(values['interval-ms']);
-    if (!(Number.isSafeInteger(intervalMs) && intervalMs > 0)) throw new UsageError('--interval-ms wants a positive integer');
+    if (!(Number.isSafeInteger(intervalMs) && intervalMs > 0))
+      throw new UsageError('--interval-ms wants a positive integer');
     const onEvent = (event: ListenEvent): void => {
       if (values.json) {
         process.stdout.write(`${JSON.stringify(event)}\n`);
@@ -104,7 +105,9 @@ main(process.argv.slice(2)).then(
       process.stderr.write(`tcp-zerocopy: ${(error as Error).message}\n${USAGE}\n`);
       process.exitCode = 2;
     } else {
-      process.stderr.write(`tcp-zerocopy: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`);
+      process.stderr.write(
+        `tcp-zerocopy: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}\n`,
+      );
       process.exitCode = 1;
     }
   },

@@ -42,10 +42,16 @@ async function main(): Promise<void> {
   const bytes = parseSize(values.bytes);
   const chunkSize = parseSize(values['chunk-size']);
   const modes: NonNullable<AttachOptions['mode']>[] =
-    values.mode !== undefined ? [values.mode as NonNullable<AttachOptions['mode']>] : probe().supported ? ['auto', 'zerocopy'] : ['auto'];
+    values.mode !== undefined
+      ? [values.mode as NonNullable<AttachOptions['mode']>]
+      : probe().supported
+        ? ['auto', 'zerocopy']
+        : ['auto'];
 
   const support = probe();
-  console.log(`kernel ${support.kernel}: zero-copy ${support.supported ? 'supported' : `unavailable (${support.reason ?? 'unsupported'})`}`);
+  console.log(
+    `kernel ${support.kernel}: zero-copy ${support.supported ? 'supported' : `unavailable (${support.reason ?? 'unsupported'})`}`,
+  );
   const results: { mode: string; cpuMsPerGB: number }[] = [];
   for (const mode of modes) {
     console.log('');
@@ -54,7 +60,9 @@ async function main(): Promise<void> {
   if (results.length === 2) {
     const [auto, zerocopy] = results;
     console.log('');
-    console.log(`auto vs zerocopy: ${(auto.cpuMsPerGB / zerocopy.cpuMsPerGB).toFixed(2)}x the receiver CPU per GB (same run, one transfer each: noisy)`);
+    console.log(
+      `auto vs zerocopy: ${(auto.cpuMsPerGB / zerocopy.cpuMsPerGB).toFixed(2)}x the receiver CPU per GB (same run, one transfer each: noisy)`,
+    );
   }
 }
 
@@ -70,7 +78,9 @@ async function receiveOnce(
   server.listen(0, '127.0.0.1');
   await once(server, 'listening');
   const { port } = server.address() as net.AddressInfo;
-  console.log(`receiving ${(bytes / 2 ** 30).toFixed(2)} GiB on 127.0.0.1:${port} (chunkSize ${chunkSize}, mode ${mode})...`);
+  console.log(
+    `receiving ${(bytes / 2 ** 30).toFixed(2)} GiB on 127.0.0.1:${port} (chunkSize ${chunkSize}, mode ${mode})...`,
+  );
   const sender = startSender({ port, bytes, seed, mss: 4108 });
   const [socket] = (await once(server, 'connection')) as [net.Socket];
   const receiver = attach(socket, { chunkSize, mode });
@@ -104,10 +114,16 @@ async function receiveOnce(
   console.log(
     `receiver CPU ${(cpuMs / gb).toFixed(0)} ms per GB (user ${(cpu.user / 1000 / gb).toFixed(0)}, sys ${(cpu.system / 1000 / gb).toFixed(0)})`,
   );
-  console.log(`mapped     ${((100 * mapped) / Math.max(1, received)).toFixed(2)}% (${stats.chunksMapped} mapped chunks, ${stats.chunksCopied} copied)`);
-  console.log(`syscalls   ${stats.zerocopyCalls} zerocopy getsockopt, ${stats.recvCalls} recv, ${stats.wakeups} wake-ups`);
+  console.log(
+    `mapped     ${((100 * mapped) / Math.max(1, received)).toFixed(2)}% (${stats.chunksMapped} mapped chunks, ${stats.chunksCopied} copied)`,
+  );
+  console.log(
+    `syscalls   ${stats.zerocopyCalls} zerocopy getsockopt, ${stats.recvCalls} recv, ${stats.wakeups} wake-ups`,
+  );
   console.log(`pool       ${poolStats().mappings} mapping(s), ${poolStats().pinnedBytes} bytes still pinned`);
-  console.log(`sender     ${sent.bytes} bytes, MSS ${sent.mss}, CPU ${((sent.cpuUserMs + sent.cpuSysMs) / gb).toFixed(0)} ms per GB`);
+  console.log(
+    `sender     ${sent.bytes} bytes, MSS ${sent.mss}, CPU ${((sent.cpuUserMs + sent.cpuSysMs) / gb).toFixed(0)} ms per GB`,
+  );
   if (stats.fallbackReason !== null) console.log(`fallback   ${stats.fallbackReason}`);
   if (stats.decision !== null) console.log(`auto mode  ${stats.decision}`);
   if (received !== bytes) {

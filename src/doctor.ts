@@ -285,7 +285,11 @@ function headerSplit(name: string): { state: string; note: string } {
   }
   let output: string;
   try {
-    output = execFileSync('ethtool', ['-g', name], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: 5000 });
+    output = execFileSync('ethtool', ['-g', name], {
+      encoding: 'utf8',
+      stdio: ['ignore', 'pipe', 'pipe'],
+      timeout: 5000,
+    });
     ethtoolMissing = false;
   } catch (error) {
     const err = error as NodeJS.ErrnoException & { stderr?: string };
@@ -299,7 +303,10 @@ function headerSplit(name: string): { state: string; note: string } {
   }
   const match = /TCP data split:\s*(\S+)/.exec(output);
   if (match === null) {
-    return { state: 'unknown', note: 'ethtool does not show "TCP data split" (ethtool >= 6.1 and a driver that reports it)' };
+    return {
+      state: 'unknown',
+      note: 'ethtool does not show "TCP data split" (ethtool >= 6.1 and a driver that reports it)',
+    };
   }
   const state = match[1];
   const notes: Record<string, string> = {
@@ -453,7 +460,11 @@ async function selfTest(options: DoctorOptions): Promise<SelfTest> {
   const progress = options.progress ?? (() => undefined);
   if (options.selfTest === false) return { ran: false, note: 'skipped (--skip-self-test)', runs: [] };
   if (!fs.existsSync(senderPath)) {
-    return { ran: false, note: `the package’s sender is not built (${senderPath}): run npm rebuild tcp-zerocopy`, runs: [] };
+    return {
+      ran: false,
+      note: `the package’s sender is not built (${senderPath}): run npm rebuild tcp-zerocopy`,
+      runs: [],
+    };
   }
   const bytes = options.bytes ?? 256 * MiB;
   const chunkSizes = options.chunkSizes ?? [256 * 1024, MiB, 4 * MiB];
@@ -490,7 +501,9 @@ async function selfTestRuns(
   for (const chunkSize of chunkSizes) {
     for (const mode of modes) {
       step++;
-      progress(`self-test ${step}/${total}: ${formatBytes(bytes)} over loopback, mode ${mode}, ${formatBytes(chunkSize)} chunks...`);
+      progress(
+        `self-test ${step}/${total}: ${formatBytes(bytes)} over loopback, mode ${mode}, ${formatBytes(chunkSize)} chunks...`,
+      );
       const run = await transfer(mode, 'zerocopy', chunkSize, bytes);
       progress(`  ${describeRun(run)}`);
       runs.push(run);
@@ -498,7 +511,9 @@ async function selfTestRuns(
   }
   step++;
   const plainBytes = Math.min(bytes, 64 * MiB);
-  progress(`self-test ${step}/${total}: ${formatBytes(plainBytes)} from a plain send() sender (as a Node client sends), mode auto...`);
+  progress(
+    `self-test ${step}/${total}: ${formatBytes(plainBytes)} from a plain send() sender (as a Node client sends), mode auto...`,
+  );
   const plain = await transfer('auto', 'plain', MiB, plainBytes);
   progress(`  ${describeRun(plain)}`);
   runs.push(plain);
@@ -512,7 +527,9 @@ function recommend(report: Omit<DoctorReport, 'recommendation'>): DoctorRecommen
   const zc = best('zerocopy');
   const copy = best('copy');
   if (!report.kernel.supported) {
-    reasons.push(`zero-copy is unavailable here (${report.kernel.reason ?? 'unsupported'}): attach() copies either way`);
+    reasons.push(
+      `zero-copy is unavailable here (${report.kernel.reason ?? 'unsupported'}): attach() copies either way`,
+    );
     return { mode: 'copy', chunkSize: copy?.chunkSize ?? MiB, reasons };
   }
   const remote = report.interfaces.filter((i) => !i.loopback && i.state !== 'down');
@@ -628,7 +645,10 @@ export function formatReport(report: DoctorReport): string {
   if (report.selfTest.note !== null) lines.push(`  ${report.selfTest.note}`);
   for (const run of report.selfTest.runs) lines.push(`  ${describeRun(run)}`);
   const { recommendation } = report;
-  lines.push('', `recommendation: attach(socket, { mode: '${recommendation.mode}', chunkSize: ${recommendation.chunkSize} })`);
+  lines.push(
+    '',
+    `recommendation: attach(socket, { mode: '${recommendation.mode}', chunkSize: ${recommendation.chunkSize} })`,
+  );
   for (const reason of recommendation.reasons) lines.push(`  - ${reason}`);
   return lines.join('\n');
 }

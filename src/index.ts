@@ -263,7 +263,11 @@ export function attach(socket: net.Socket, options: AttachOptions = {}): ZeroCop
 
   if (settings.signal?.aborted === true) throw abortError(settings.signal.reason);
   if (settings.mode === 'zerocopy' && !probe().supported) {
-    throw codedError(Error, 'ERR_TCPZC_UNSUPPORTED', `zero-copy receive unavailable: ${probe().reason ?? 'unsupported'}`);
+    throw codedError(
+      Error,
+      'ERR_TCPZC_UNSUPPORTED',
+      `zero-copy receive unavailable: ${probe().reason ?? 'unsupported'}`,
+    );
   }
   let receiver: Receiver;
   if (native !== null) {
@@ -348,15 +352,22 @@ function checkOptions(options: AttachOptions): Settings {
   }
   // eslint-disable-next-line @typescript-eslint/no-unnecessary-condition -- JavaScript callers pass anything
   if (mode !== 'auto' && mode !== 'zerocopy' && mode !== 'copy') {
-    throw codedError(TypeError, 'ERR_INVALID_ARG_VALUE', `mode must be 'auto', 'zerocopy' or 'copy', got ${String(mode)}`);
+    throw codedError(
+      TypeError,
+      'ERR_INVALID_ARG_VALUE',
+      `mode must be 'auto', 'zerocopy' or 'copy', got ${String(mode)}`,
+    );
   }
-  // eslint-disable-next-line @typescript-eslint/no-unnecessary-condition -- JavaScript callers pass anything
   if (typeof autoGroup !== 'string') {
     throw codedError(TypeError, 'ERR_INVALID_ARG_TYPE', `autoGroup must be a string, got ${typeof autoGroup}`);
   }
   // eslint-disable-next-line @typescript-eslint/no-unnecessary-condition -- JavaScript callers pass anything
   if (whenPoolFull !== 'copy' && whenPoolFull !== 'wait') {
-    throw codedError(TypeError, 'ERR_INVALID_ARG_VALUE', `whenPoolFull must be 'copy' or 'wait', got ${String(whenPoolFull)}`);
+    throw codedError(
+      TypeError,
+      'ERR_INVALID_ARG_VALUE',
+      `whenPoolFull must be 'copy' or 'wait', got ${String(whenPoolFull)}`,
+    );
   }
   if (!Number.isSafeInteger(flushDelayMs) || flushDelayMs < 0 || flushDelayMs > 3_600_000) {
     throw codedError(

@@ -384,7 +384,10 @@ export class Receiver implements ZeroCopyReceiver {
             if (chunk !== null) stream.push(chunk.data);
             else if (this.#endedByPeer || endsAtOnce) stream.push(null);
             // The socket was destroyed or the receiver closed elsewhere: not the whole stream.
-            else stream.destroy(codedError(Error, 'ERR_STREAM_PREMATURE_CLOSE', 'the stream ended before the peer ended it'));
+            else
+              stream.destroy(
+                codedError(Error, 'ERR_STREAM_PREMATURE_CLOSE', 'the stream ended before the peer ended it'),
+              );
           },
           (error: unknown) => stream.destroy(error as Error),
         );

@@ -35,7 +35,9 @@ describe('AutoPath (the decision, with an injected cost source)', () => {
     expect(auto.checks).toBe(1);
     expect(auto.path).toBe('copy');
     expect(auto.cost.copy).toBeCloseTo(100, 6);
-    expect(auto.decision).toMatch(/^copy: copying measured 100 µs of thread CPU per MB, mapping 250 \(consumer included; 2\.50x\)/);
+    expect(auto.decision).toMatch(
+      /^copy: copying measured 100 µs of thread CPU per MB, mapping 250 \(consumer included; 2\.50x\)/,
+    );
     // Warm-up and first window on zero-copy, then copy, copy, zero-copy, then settled on copy.
     expect(paths).toEqual(['copy', 'zerocopy', 'copy']);
   });
@@ -73,13 +75,19 @@ describe('AutoPath (the decision, with an injected cost source)', () => {
 
   it('re-checks now and then, and switches when the costs turned around', () => {
     // Copying is cheaper at first; from delivery 400 on, mapping is.
-    const { auto } = run((path, i) => (i < 400 ? (path === 'copy' ? 100 : 250) : path === 'copy' ? 250 : 100), 80 * WINDOW);
+    const { auto } = run(
+      (path, i) => (i < 400 ? (path === 'copy' ? 100 : 250) : path === 'copy' ? 250 : 100),
+      80 * WINDOW,
+    );
     expect(auto.checks).toBeGreaterThanOrEqual(2);
     expect(auto.path).toBe('zerocopy');
   });
 
   it('a re-check keeps the path when the other is not cheaper by more than 5%', () => {
-    const { auto } = run((path, i) => (i < 200 ? (path === 'copy' ? 100 : 200) : path === 'copy' ? 100 : 97), 80 * WINDOW);
+    const { auto } = run(
+      (path, i) => (i < 200 ? (path === 'copy' ? 100 : 200) : path === 'copy' ? 100 : 97),
+      80 * WINDOW,
+    );
     expect(auto.checks).toBeGreaterThanOrEqual(2);
     expect(auto.path).toBe('copy');
   });
@@ -176,7 +184,11 @@ describe.skipIf(!probe().supported)("mode 'auto' on real streams", () => {
   const bytes = 256 * MiB;
 
   async function autoStream(seed: number, onChunk: (chunk: Chunk) => void) {
-    const { receiver, socket } = await zerocopyStream(bytes, seed, { chunkSize: MiB, mode: 'auto', autoGroup: `test-${seed}` });
+    const { receiver, socket } = await zerocopyStream(bytes, seed, {
+      chunkSize: MiB,
+      mode: 'auto',
+      autoGroup: `test-${seed}`,
+    });
     const received = await drain(receiver, seed, onChunk);
     socket.destroy();
     expect(received.error).toBeNull();

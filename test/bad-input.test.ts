@@ -33,7 +33,12 @@ describe('attach() rejects what it cannot receive from', () => {
     ['a number', 3],
     ['a stream that is not a socket', fs.createReadStream(__filename)],
   ])('%s: TypeError ERR_INVALID_ARG_TYPE', (_name, value) => {
-    expectCoded(() => attach(value as unknown as net.Socket), TypeError, 'ERR_INVALID_ARG_TYPE', /must be a net\.Socket/);
+    expectCoded(
+      () => attach(value as unknown as net.Socket),
+      TypeError,
+      'ERR_INVALID_ARG_TYPE',
+      /must be a net\.Socket/,
+    );
   });
 
   it('a socket that never connected', () => {
@@ -259,7 +264,7 @@ describe.skipIf(native === null)('releaseChunk and detachBuffer touch only the c
       expect(poolStats().pinnedBytes).toBe(pinnedBefore - snapshot.length);
       for (const [name, view] of wholeViews) expect(view.length, name).toBe(0);
       expect(binding.releaseChunk(data)).toBe(false); // already released
-      expect((chunk as Chunk).release()).toBeUndefined();
+      (chunk as Chunk).release(); // a no-op now
     } else {
       expect(binding.releaseChunk(data)).toBe(false); // not mapped
       expect(binding.detachBuffer(data)).toBe(true);

@@ -96,31 +96,34 @@ const edits: Edit[] = [
 ];
 
 describe.runIf(supported)('copy-on-write of mapped chunks', () => {
-  it.each(edits.map((edit) => [edit.name, edit] as const))('%s: the write lands, the rest of the stream is byte-exact', async (_name, edit) => {
-    const baseline = poolStats();
-    const { receiver } = await zerocopyStream(32 * MiB, 51);
-    const checker = new PatternChecker(51);
-    let edited = 0;
-    for await (const chunk of receiver) {
-      const start = checker.offset;
-      if (chunk.mapped && edited < 4 && chunk.data.length >= 16384) {
-        const original = Buffer.from(chunk.data);
-        edit.apply(chunk.data);
-        expect(chunk.data.equals(edit.expected(original))).toBe(true);
-        checker.offset += chunk.data.length; // checked against the edit above
-        expect(original[0]).toBe(patternByte(start, 51));
-        edited++;
-      } else {
-        checker.check(chunk.data);
+  it.each(edits.map((edit) => [edit.name, edit] as const))(
+    '%s: the write lands, the rest of the stream is byte-exact',
+    async (_name, edit) => {
+      const baseline = poolStats();
+      const { receiver } = await zerocopyStream(32 * MiB, 51);
+      const checker = new PatternChecker(51);
+      let edited = 0;
+      for await (const chunk of receiver) {
+        const start = checker.offset;
+        if (chunk.mapped && edited < 4 && chunk.data.length >= 16384) {
+          const original = Buffer.from(chunk.data);
+          edit.apply(chunk.data);
+          expect(chunk.data.equals(edit.expected(original))).toBe(true);
+          checker.offset += chunk.data.length; // checked against the edit above
+          expect(original[0]).toBe(patternByte(start, 51));
+          edited++;
+        } else {
+          checker.check(chunk.data);
+        }
+        chunk.release();
       }
-      chunk.release();
-    }
-    expect(edited).toBe(4);
-    expect(checker.offset).toBe(32 * MiB);
-    expect(receiver.stats.chunksCopiedOnWrite).toBe(4);
-    expect(poolStats().chunksCopiedOnWrite - baseline.chunksCopiedOnWrite).toBe(4);
-    expect(poolStats().pinnedBytes).toBe(baseline.pinnedBytes);
-  });
+      expect(edited).toBe(4);
+      expect(checker.offset).toBe(32 * MiB);
+      expect(receiver.stats.chunksCopiedOnWrite).toBe(4);
+      expect(poolStats().chunksCopiedOnWrite - baseline.chunksCopiedOnWrite).toBe(4);
+      expect(poolStats().pinnedBytes).toBe(baseline.pinnedBytes);
+    },
+  );
 
   it('a copied chunk stops counting as pinned at once; its range maps again after release', async () => {
     const baseline = poolStats();
@@ -219,9 +222,9 @@ describe.runIf(supported)('copy-on-write of mapped chunks', () => {
     expect(poolStats().chunksCopiedOnWrite).toBeGreaterThan(0);
     // (module (memory 1) (func (export "load") (param i32) (result i32) local.get 0 i32.load))
     const wasm = new Uint8Array([
-      0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, 0x01, 0x06, 0x01, 0x60, 0x01, 0x7f, 0x01, 0x7f, 0x03, 0x02,
-      0x01, 0x00, 0x05, 0x03, 0x01, 0x00, 0x01, 0x07, 0x08, 0x01, 0x04, 0x6c, 0x6f, 0x61, 0x64, 0x00, 0x00, 0x0a,
-      0x09, 0x01, 0x07, 0x00, 0x20, 0x00, 0x28, 0x02, 0x00, 0x0b,
+      0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, 0x01, 0x06, 0x01, 0x60, 0x01, 0x7f, 0x01, 0x7f, 0x03, 0x02, 0x01,
+      0x00, 0x05, 0x03, 0x01, 0x00, 0x01, 0x07, 0x08, 0x01, 0x04, 0x6c, 0x6f, 0x61, 0x64, 0x00, 0x00, 0x0a, 0x09, 0x01,
+      0x07, 0x00, 0x20, 0x00, 0x28, 0x02, 0x00, 0x0b,
     ]);
     const { instance } = await wasmApi.instantiate(wasm);
     const load = instance.exports.load as (address: number) => number;
@@ -274,7 +277,10 @@ describe.runIf(supported)('copy-on-write of mapped chunks', () => {
     const result = runChild('threadpool');
     expect(result.stderr).toBe('');
     expect(result.status).toBe(0);
-    const [received, pool] = result.stdout.trim().split('\n').map((line) => JSON.parse(line) as unknown);
+    const [received, pool] = result.stdout
+      .trim()
+      .split('\n')
+      .map((line) => JSON.parse(line) as unknown);
     expect((received as { bytes: number }).bytes).toBe(16 * MiB);
     expect((pool as { pool: { chunksCopiedOnWrite: number } }).pool.chunksCopiedOnWrite).toBeGreaterThan(0);
   });
@@ -282,7 +288,7 @@ describe.runIf(supported)('copy-on-write of mapped chunks', () => {
   it.each([
     ['kill-segv', 'process.kill(pid, SIGSEGV)'],
     ['write-outside', 'a real store into read-only memory outside the pool'],
-    ['copy-on-write-off', "a store into a mapped chunk with configure({ copyOnWrite: false })"],
+    ['copy-on-write-off', 'a store into a mapped chunk with configure({ copyOnWrite: false })'],
   ])('%s (%s) still ends the process with SIGSEGV', (scenario) => {
     const result = runChild(scenario);
     expect(result.signal).toBe('SIGSEGV');

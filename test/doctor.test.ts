@@ -42,7 +42,11 @@ afterEach(() => {
 });
 
 /** Starts `doctor --listen` for one connection; events arrive as parsed JSON lines. */
-async function startListen(): Promise<{ port: number; closed: Promise<ListenConnectionReport>; events: ListenEvent[] }> {
+async function startListen(): Promise<{
+  port: number;
+  closed: Promise<ListenConnectionReport>;
+  events: ListenEvent[];
+}> {
   const child = spawn(
     process.execPath,
     [cli, 'doctor', '--listen', '127.0.0.1:0', '--connections', '1', '--interval-ms', '100', '--json'],
@@ -95,7 +99,9 @@ describe('tcp-zerocopy doctor', () => {
       'net.ipv4.tcp_rmem',
       'net.core.optmem_max',
     ]);
-    expect(report.sysctls[1].value).toBe(fs.readFileSync('/proc/sys/net/ipv4/tcp_rmem', 'utf8').trim().replace(/\s+/g, ' '));
+    expect(report.sysctls[1].value).toBe(
+      fs.readFileSync('/proc/sys/net/ipv4/tcp_rmem', 'utf8').trim().replace(/\s+/g, ' '),
+    );
 
     const names = fs.readdirSync('/sys/class/net').sort();
     expect(report.interfaces.map((i) => i.name)).toEqual(names);
@@ -120,7 +126,8 @@ describe('tcp-zerocopy doctor', () => {
       // At 1 MiB (the default) and above every page is mapped; smaller chunks see a few
       // sub-page runs (0.1-0.4% at 256 KiB here), counted as short runs.
       if (run.mode === 'zerocopy') expect(run.mappedShare).toBeGreaterThanOrEqual(run.chunkSize >= MiB ? 0.99 : 0.95);
-      if (run.mode === 'zerocopy') expect(run.copiedBecause.shortRuns).toBeCloseTo(run.bytes * (1 - run.mappedShare), 0);
+      if (run.mode === 'zerocopy')
+        expect(run.copiedBecause.shortRuns).toBeCloseTo(run.bytes * (1 - run.mappedShare), 0);
     }
     if (probe().supported) expect(fromOurSender.some((r) => r.mode === 'zerocopy')).toBe(true);
     expect(['auto', 'copy']).toContain(report.recommendation.mode);
@@ -188,7 +195,8 @@ describe.skipIf(!probe().supported)('tcp-zerocopy doctor --listen', () => {
 
   it('reports a plain sender as about 0% mapped, because of short runs', async (context) => {
     await withHighOrderAllocLock(async () => {
-      if (readHighOrderAllocDisable() === '1') context.skip('net.core.high_order_alloc_disable=1 makes plain senders mappable');
+      if (readHighOrderAllocDisable() === '1')
+        context.skip('net.core.high_order_alloc_disable=1 makes plain senders mappable');
       const { port, closed } = await startListen();
       const sender = startSender({ port, bytes: 64 * MiB, seed: 6, mode: 'plain' });
       senders.push(sender);
@@ -203,7 +211,9 @@ describe.skipIf(!probe().supported)('tcp-zerocopy doctor --listen', () => {
 
 describe('tcp-zerocopy/doctor', () => {
   it('is importable by name, as package.json exports it', async () => {
-    const { runDoctor } = (await import(require.resolve('tcp-zerocopy/doctor', { paths: [root] }))) as typeof import('../src/doctor');
+    const { runDoctor } = (await import(
+      require.resolve('tcp-zerocopy/doctor', { paths: [root] })
+    )) as typeof import('../src/doctor');
     const report = await runDoctor({ selfTest: false });
     expect(report.selfTest).toEqual({ ran: false, note: 'skipped (--skip-self-test)', runs: [] });
     expect(report.kernel.supported).toBe(probe().supported);

@@ -116,7 +116,13 @@ describe('the socket around the receiver', () => {
   });
 
   it('ends iteration promptly when the socket is destroyed, pending reads included', async () => {
-    const { socket } = await serverAndSender({ bytes: 1024 * MiB, seed: 37, mss: 4108, pauseAt: 2 * MiB, pauseMs: 5000 });
+    const { socket } = await serverAndSender({
+      bytes: 1024 * MiB,
+      seed: 37,
+      mss: 4108,
+      pauseAt: 2 * MiB,
+      pauseMs: 5000,
+    });
     const receiver = attach(socket);
     let bytes = 0;
     while (bytes < 2 * MiB) {

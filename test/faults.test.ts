@@ -61,7 +61,13 @@ describe('faults', () => {
   });
 
   it('the sender stalls for seconds and resumes: what came before the stall is delivered during it, nothing is lost', async () => {
-    const { socket } = await serverAndSender({ bytes: 64 * MiB, pauseAt: 16 * MiB + 1000, pauseMs: 2500, seed: 104, mss: 4108 });
+    const { socket } = await serverAndSender({
+      bytes: 64 * MiB,
+      pauseAt: 16 * MiB + 1000,
+      pauseMs: 2500,
+      seed: 104,
+      mss: 4108,
+    });
     const receiver = attach(socket);
     const started = Date.now();
     let bytesAtStall = 0;

@@ -125,7 +125,9 @@ export function loopbackFixture() {
   });
 
   /** A pauseOnConnect server with the native sender connected to it. */
-  async function serverAndSender(options: Omit<SenderOptions, 'port'>): Promise<{ sender: Sender; socket: net.Socket }> {
+  async function serverAndSender(
+    options: Omit<SenderOptions, 'port'>,
+  ): Promise<{ sender: Sender; socket: net.Socket }> {
     const { server, port, accepted } = await listen();
     servers.push(server);
     const sender = startSender({ port, ...options });

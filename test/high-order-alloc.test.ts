@@ -12,7 +12,14 @@ import { describe, expect, it } from 'vitest';
 import type { DoctorReport } from '../src/doctor';
 import { attach, probe } from '../src/index';
 import { fillPattern } from '../src/testing';
-import { drain, listen, MiB, readHighOrderAllocDisable, withHighOrderAllocLock, writeHighOrderAllocDisable } from './helpers';
+import {
+  drain,
+  listen,
+  MiB,
+  readHighOrderAllocDisable,
+  withHighOrderAllocLock,
+  writeHighOrderAllocDisable,
+} from './helpers';
 
 const isRoot = process.getuid?.() === 0;
 const present = readHighOrderAllocDisable() !== null;
@@ -62,9 +69,13 @@ describe.skipIf(!isRoot || !present || !probe().supported)('net.core.high_order_
         // shorter than a page where a segment boundary falls inside a page.
         expect(on.mappedBytes / on.bytes).toBeGreaterThan(0.8);
 
-        const run = spawnSync(process.execPath, [path.join(__dirname, '..', 'dist', 'cli.js'), 'doctor', '--json', '--skip-self-test'], {
-          encoding: 'utf8',
-        });
+        const run = spawnSync(
+          process.execPath,
+          [path.join(__dirname, '..', 'dist', 'cli.js'), 'doctor', '--json', '--skip-self-test'],
+          {
+            encoding: 'utf8',
+          },
+        );
         expect(run.status).toBe(0);
         const report = JSON.parse(run.stdout) as DoctorReport;
         const sysctl = report.sysctls.find((s) => s.name === 'net.core.high_order_alloc_disable');

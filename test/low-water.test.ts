@@ -31,7 +31,11 @@ describe.skipIf(!probe().supported)('SO_RCVLOWAT and small wake-ups', () => {
     // such a partial page (rarely two: a tail and a page the sender split).
     const bytes = 256 * MiB;
     const copiedSizes: number[] = [];
-    const { receiver, socket } = await zerocopyStream(bytes, 152, { chunkSize: 64 * 1024, flushDelayMs: 0, mode: 'zerocopy' });
+    const { receiver, socket } = await zerocopyStream(bytes, 152, {
+      chunkSize: 64 * 1024,
+      flushDelayMs: 0,
+      mode: 'zerocopy',
+    });
     const received = await drain(receiver, 152, (chunk) => {
       if (!chunk.mapped) copiedSizes.push(chunk.data.length);
     });

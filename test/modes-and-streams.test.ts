@@ -10,7 +10,15 @@ import { attach, poolStats, probe } from '../src/index';
 import { Receiver, socketCopySource } from '../src/receiver';
 import { copySocketLifecycle } from '../src/socket-lifecycle';
 import { PatternChecker, startSender } from '../src/testing';
-import { drain, errorWith, listen, loopbackFixture, MiB, readHighOrderAllocDisable, withHighOrderAllocLock } from './helpers';
+import {
+  drain,
+  errorWith,
+  listen,
+  loopbackFixture,
+  MiB,
+  readHighOrderAllocDisable,
+  withHighOrderAllocLock,
+} from './helpers';
 
 const { servers, senders, serverAndSender } = loopbackFixture();
 const zerocopyStream = (bytes: number, seed: number) => serverAndSender({ bytes, seed, mss: 4108 });
@@ -43,7 +51,8 @@ describe('modes', () => {
     // A plain sender is unmappable on loopback only while net.core.high_order_alloc_disable
     // is 0; the sysctl test flips it, so take turns with it.
     await withHighOrderAllocLock(async () => {
-      if (readHighOrderAllocDisable() === '1') context.skip('net.core.high_order_alloc_disable=1 makes plain senders mappable');
+      if (readHighOrderAllocDisable() === '1')
+        context.skip('net.core.high_order_alloc_disable=1 makes plain senders mappable');
       const { server, port, accepted } = await listen();
       servers.push(server);
       const sender = startSender({ port, bytes: 128 * MiB, seed: 73, mode: 'plain' });

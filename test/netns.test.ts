@@ -50,7 +50,21 @@ describe.skipIf(skipReason !== null)('two hosts with 1% packet loss', () => {
   beforeAll(() => {
     run('ip', 'netns', 'add', senderNs);
     run('ip', 'netns', 'add', receiverNs);
-    run('ip', 'link', 'add', `${tag}a`, 'netns', senderNs, 'type', 'veth', 'peer', 'name', `${tag}b`, 'netns', receiverNs);
+    run(
+      'ip',
+      'link',
+      'add',
+      `${tag}a`,
+      'netns',
+      senderNs,
+      'type',
+      'veth',
+      'peer',
+      'name',
+      `${tag}b`,
+      'netns',
+      receiverNs,
+    );
     // MTU 9000: 4096-byte payload segments (MSS 4108) fit, so pages can be mapped.
     inNs(senderNs, 'ip', 'link', 'set', `${tag}a`, 'mtu', '9000', 'up');
     inNs(receiverNs, 'ip', 'link', 'set', `${tag}b`, 'mtu', '9000', 'up');
@@ -89,7 +103,22 @@ describe.skipIf(skipReason !== null)('two hosts with 1% packet loss', () => {
     const retransBefore = counter(senderNs, 'TcpRetransSegs');
     const sender = spawnSync(
       'ip',
-      ['netns', 'exec', senderNs, senderPath, '--host', receiverAddress, '--port', String(port), '--bytes', String(1024 * MiB), '--seed', '91', '--mss', '4108'],
+      [
+        'netns',
+        'exec',
+        senderNs,
+        senderPath,
+        '--host',
+        receiverAddress,
+        '--port',
+        String(port),
+        '--bytes',
+        String(1024 * MiB),
+        '--seed',
+        '91',
+        '--mss',
+        '4108',
+      ],
       { encoding: 'utf8', timeout: 300_000 },
     );
     expect(sender.status, sender.stderr).toBe(0);
@@ -107,6 +136,8 @@ describe.skipIf(skipReason !== null)('two hosts with 1% packet loss', () => {
     expect(dropped).toBeGreaterThan(0);
     expect(retransmitted).toBeGreaterThan(0);
     if (probe().supported) expect(result.mappedBytes).toBeGreaterThan(0);
-    console.log(`netns: ${retransmitted} segments retransmitted, ${dropped} packets dropped, ${((100 * result.mappedBytes) / result.bytes).toFixed(1)}% mapped`);
+    console.log(
+      `netns: ${retransmitted} segments retransmitted, ${dropped} packets dropped, ${((100 * result.mappedBytes) / result.bytes).toFixed(1)}% mapped`,
+    );
   });
 });

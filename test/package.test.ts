@@ -47,7 +47,9 @@ describe('npm pack', () => {
   it('ships the addon sources, the compiled TypeScript, README, LICENSE, and nothing else', () => {
     const sources = fs.readdirSync(path.join(root, 'native')).map((name) => `native/${name}`);
     const compiled = fs.readdirSync(path.join(root, 'dist')).map((name) => `dist/${name}`);
-    expect(files.sort()).toEqual(['LICENSE', 'README.md', 'binding.gyp', 'package.json', ...sources, ...compiled].sort());
+    expect(files.sort()).toEqual(
+      ['LICENSE', 'README.md', 'binding.gyp', 'package.json', ...sources, ...compiled].sort(),
+    );
     for (const entry of ['dist/index.js', 'dist/index.d.ts', 'dist/testing.js', 'dist/cli.js', 'native/sender.cc']) {
       expect(files).toContain(entry);
     }
@@ -81,90 +83,94 @@ describe('npm pack', () => {
 });
 
 describe('a fresh tarball installed into an empty project', () => {
-  it(
-    'builds only the addon and the sender, loads, and runs `tcp-zerocopy doctor`',
-    async () => {
-      const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tcpzc-install-'));
-      try {
-        const tarball = pack(['--pack-destination', dir]).filename;
-        const project = path.join(dir, 'project');
-        fs.mkdirSync(project);
-        const spec = `file:../${tarball}`;
-        fs.writeFileSync(
-          path.join(project, 'package.json'),
-          JSON.stringify({ name: 'consumer', version: '1.0.0', private: true, dependencies: { [pkg.name]: spec } }),
-        );
-        // Offline: npm's cache holds the dependencies' tarballs (npm ci put them there) but
-        // not their registry metadata, so the project gets a lockfile that names them by
-        // integrity, taken from this repository's own lockfile.
-        const ours = (
-          JSON.parse(fs.readFileSync(path.join(root, 'package-lock.json'), 'utf8')) as {
-            packages: Record<string, { dev?: boolean }>;
-          }
-        ).packages;
-        const integrity = `sha512-${crypto.createHash('sha512').update(fs.readFileSync(path.join(dir, tarball))).digest('base64')}`;
-        const packages: Record<string, unknown> = {
-          '': { name: 'consumer', version: '1.0.0', dependencies: { [pkg.name]: spec } },
-          [`node_modules/${pkg.name}`]: {
-            version: pkg.version,
-            resolved: spec,
-            integrity,
-            hasInstallScript: true,
-            license: pkg.license,
-            dependencies: pkg.dependencies,
-            bin: pkg.bin,
-            engines: pkg.engines,
-          },
-        };
-        for (const [key, entry] of Object.entries(ours)) {
-          if (key !== '' && entry.dev !== true) packages[key] = entry;
+  it('builds only the addon and the sender, loads, and runs `tcp-zerocopy doctor`', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tcpzc-install-'));
+    try {
+      const tarball = pack(['--pack-destination', dir]).filename;
+      const project = path.join(dir, 'project');
+      fs.mkdirSync(project);
+      const spec = `file:../${tarball}`;
+      fs.writeFileSync(
+        path.join(project, 'package.json'),
+        JSON.stringify({ name: 'consumer', version: '1.0.0', private: true, dependencies: { [pkg.name]: spec } }),
+      );
+      // Offline: npm's cache holds the dependencies' tarballs (npm ci put them there) but
+      // not their registry metadata, so the project gets a lockfile that names them by
+      // integrity, taken from this repository's own lockfile.
+      const ours = (
+        JSON.parse(fs.readFileSync(path.join(root, 'package-lock.json'), 'utf8')) as {
+          packages: Record<string, { dev?: boolean }>;
         }
-        fs.writeFileSync(
-          path.join(project, 'package-lock.json'),
-          JSON.stringify({ name: 'consumer', version: '1.0.0', lockfileVersion: 3, requires: true, packages }),
-        );
-        // node-gyp needs Node's headers; offline, take the installed ones. The consumer's
-        // toolchain runs without the sanitizer runtime `npm run test:asan` preloads.
-        const env: NodeJS.ProcessEnv = { ...process.env };
-        delete env.LD_PRELOAD;
-        if (fs.existsSync('/usr/include/node/node_api.h')) env.npm_config_nodedir = '/usr';
-        await run('npm', ['ci', '--offline', '--no-audit', '--no-fund'], { cwd: project, env, maxBuffer: 64 << 20 });
-
-        const installed = path.join(project, 'node_modules', pkg.name);
-        const release = path.join(installed, 'build', 'Release');
-        const built = fs
-          .readdirSync(release, { withFileTypes: true })
-          .filter((entry) => entry.isFile())
-          .map((entry) => entry.name)
-          .sort();
-        expect(built).toEqual(['tcp_zerocopy.node', 'zc_sender']);
-        expect(fs.existsSync(path.join(installed, 'bench'))).toBe(false);
-
-        const { stdout: loaded } = await run(
-          process.execPath,
-          [
-            '-e',
-            `const zc = require('tcp-zerocopy'); const t = require('tcp-zerocopy/testing');
-             console.log(JSON.stringify({ probe: zc.probe(), sender: require('fs').existsSync(t.senderPath) }))`,
-          ],
-          { cwd: project },
-        );
-        const { probe, sender } = JSON.parse(loaded) as { probe: { supported: boolean; features: { nativeAddon: boolean } }; sender: boolean };
-        expect(probe.features.nativeAddon).toBe(true);
-        expect(sender).toBe(true);
-
-        const { stdout: doctor } = await run(
-          path.join(project, 'node_modules', '.bin', 'tcp-zerocopy'),
-          ['doctor', '--json', '--skip-self-test'],
-          { cwd: project },
-        );
-        const report = JSON.parse(doctor) as DoctorReport;
-        expect(report.package).toEqual({ name: pkg.name, version: pkg.version });
-        expect(report.kernel.features.find((f) => f.since === 'runtime' && f.name.includes('addon'))?.available).toBe(true);
-      } finally {
-        fs.rmSync(dir, { recursive: true, force: true });
+      ).packages;
+      const integrity = `sha512-${crypto
+        .createHash('sha512')
+        .update(fs.readFileSync(path.join(dir, tarball)))
+        .digest('base64')}`;
+      const packages: Record<string, unknown> = {
+        '': { name: 'consumer', version: '1.0.0', dependencies: { [pkg.name]: spec } },
+        [`node_modules/${pkg.name}`]: {
+          version: pkg.version,
+          resolved: spec,
+          integrity,
+          hasInstallScript: true,
+          license: pkg.license,
+          dependencies: pkg.dependencies,
+          bin: pkg.bin,
+          engines: pkg.engines,
+        },
+      };
+      for (const [key, entry] of Object.entries(ours)) {
+        if (key !== '' && entry.dev !== true) packages[key] = entry;
       }
-    },
-    300_000,
-  );
+      fs.writeFileSync(
+        path.join(project, 'package-lock.json'),
+        JSON.stringify({ name: 'consumer', version: '1.0.0', lockfileVersion: 3, requires: true, packages }),
+      );
+      // node-gyp needs Node's headers; offline, take the installed ones. The consumer's
+      // toolchain runs without the sanitizer runtime `npm run test:asan` preloads.
+      const env: NodeJS.ProcessEnv = { ...process.env };
+      delete env.LD_PRELOAD;
+      if (fs.existsSync('/usr/include/node/node_api.h')) env.npm_config_nodedir = '/usr';
+      await run('npm', ['ci', '--offline', '--no-audit', '--no-fund'], { cwd: project, env, maxBuffer: 64 << 20 });
+
+      const installed = path.join(project, 'node_modules', pkg.name);
+      const release = path.join(installed, 'build', 'Release');
+      const built = fs
+        .readdirSync(release, { withFileTypes: true })
+        .filter((entry) => entry.isFile())
+        .map((entry) => entry.name)
+        .sort();
+      expect(built).toEqual(['tcp_zerocopy.node', 'zc_sender']);
+      expect(fs.existsSync(path.join(installed, 'bench'))).toBe(false);
+
+      const { stdout: loaded } = await run(
+        process.execPath,
+        [
+          '-e',
+          `const zc = require('tcp-zerocopy'); const t = require('tcp-zerocopy/testing');
+             console.log(JSON.stringify({ probe: zc.probe(), sender: require('fs').existsSync(t.senderPath) }))`,
+        ],
+        { cwd: project },
+      );
+      const { probe, sender } = JSON.parse(loaded) as {
+        probe: { supported: boolean; features: { nativeAddon: boolean } };
+        sender: boolean;
+      };
+      expect(probe.features.nativeAddon).toBe(true);
+      expect(sender).toBe(true);
+
+      const { stdout: doctor } = await run(
+        path.join(project, 'node_modules', '.bin', 'tcp-zerocopy'),
+        ['doctor', '--json', '--skip-self-test'],
+        { cwd: project },
+      );
+      const report = JSON.parse(doctor) as DoctorReport;
+      expect(report.package).toEqual({ name: pkg.name, version: pkg.version });
+      expect(report.kernel.features.find((f) => f.since === 'runtime' && f.name.includes('addon'))?.available).toBe(
+        true,
+      );
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  }, 300_000);
 });

@@ -210,7 +210,13 @@ describe('pipeTo()', () => {
   it('aborting the signal rejects with AbortError; the file stream is destroyed without an unhandled error', async () => {
     const file = path.join(os.tmpdir(), `tcpzc-pipeto-abort-${process.pid}.bin`);
     try {
-      const { socket } = await serverAndSender({ bytes: 64 * MiB, seed: 72, mss: 4108, pauseAt: 2 * MiB, pauseMs: 5000 });
+      const { socket } = await serverAndSender({
+        bytes: 64 * MiB,
+        seed: 72,
+        mss: 4108,
+        pauseAt: 2 * MiB,
+        pauseMs: 5000,
+      });
       const controller = new AbortController();
       const destination = fs.createWriteStream(file);
       const piping = attach(socket, { signal: controller.signal }).pipeTo(destination);
@@ -250,7 +256,13 @@ describe('pipeTo()', () => {
 
   it('a socket destroyed mid-stream makes pipeTo and pipeline(readable()) reject: a partial copy is not a success', async () => {
     for (const how of ['pipeTo', 'readable'] as const) {
-      const { socket } = await serverAndSender({ bytes: 64 * MiB, seed: 74, mss: 4108, pauseAt: 2 * MiB, pauseMs: 5000 });
+      const { socket } = await serverAndSender({
+        bytes: 64 * MiB,
+        seed: 74,
+        mss: 4108,
+        pauseAt: 2 * MiB,
+        pauseMs: 5000,
+      });
       const receiver = attach(socket);
       const { writable, checker } = checkingWritable(74);
       const piping = how === 'pipeTo' ? receiver.pipeTo(writable) : pipeline(receiver.readable(), writable);

@@ -4,7 +4,16 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 
 import { attach, configure, poolStats, probe, type Chunk, type ZeroCopyReceiver } from '../src/index';
 import { PatternChecker, startSender } from '../src/testing';
-import { drain, errorWith, loopbackFixture, mapLimit, MiB, openFdCount, socketMappingCount, socketMappingRss } from './helpers';
+import {
+  drain,
+  errorWith,
+  loopbackFixture,
+  mapLimit,
+  MiB,
+  openFdCount,
+  socketMappingCount,
+  socketMappingRss,
+} from './helpers';
 
 const DEFAULT_CAP = 64 * MiB;
 const { servers, senders, zerocopyStream } = loopbackFixture();
@@ -19,7 +28,6 @@ async function server(onSocket: (socket: net.Socket) => void): Promise<number> {
   await new Promise((resolve) => srv.once('listening', resolve));
   return (srv.address() as net.AddressInfo).port;
 }
-
 
 describe.skipIf(!probe().supported)('the shared page pool', () => {
   it('caps pinned memory under a consumer that never releases; data keeps flowing as copies', async () => {

@@ -435,7 +435,12 @@ describe('leaving early', () => {
         const { client, socket } = await serverAndClient();
         client.write('x');
         const receiver = attach(socket, { signal: controller.signal });
-        outcomes.push(countBytes(receiver).then(() => 'ended', (error: unknown) => (error as Error).name));
+        outcomes.push(
+          countBytes(receiver).then(
+            () => 'ended',
+            (error: unknown) => (error as Error).name,
+          ),
+        );
       }
       await sleep(50);
       controller.abort();

@@ -75,14 +75,10 @@ int main(int argc, char** argv) {
   bool lowat = true;
   int streams = 1;
   Consumer c;
-  const option longopts[] = {{"port", required_argument, nullptr, 'p'},
-                             {"chunk", required_argument, nullptr, 'c'},
-                             {"no-lowat", no_argument, nullptr, 'l'},
-                             {"verify", required_argument, nullptr, 'v'},
-                             {"no-touch", no_argument, nullptr, 'n'},
-                             {"streams", required_argument, nullptr, 's'},
-                             {"help", no_argument, nullptr, 'h'},
-                             {nullptr, 0, nullptr, 0}};
+  const option longopts[] = {{"port", required_argument, nullptr, 'p'}, {"chunk", required_argument, nullptr, 'c'},
+                             {"no-lowat", no_argument, nullptr, 'l'},   {"verify", required_argument, nullptr, 'v'},
+                             {"no-touch", no_argument, nullptr, 'n'},   {"streams", required_argument, nullptr, 's'},
+                             {"help", no_argument, nullptr, 'h'},       {nullptr, 0, nullptr, 0}};
   for (int o; (o = getopt_long(argc, argv, "", longopts, nullptr)) != -1;) {
     switch (o) {
       case 'p': port = static_cast<uint16_t>(parse_num("port", optarg, 0, 65535, false)); break;

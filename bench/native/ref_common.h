@@ -72,8 +72,7 @@ struct Consumer {
         const uint32_t word = (static_cast<uint32_t>(i / 4) ^ seed) * 0x9E3779B1u;
         const uint8_t want = static_cast<uint8_t>(word >> (8 * (i % 4)));
         if (p[j] != want) {
-          die(1, "data mismatch at stream offset %" PRIu64 ": got 0x%02x, expected 0x%02x", i,
-              p[j], want);
+          die(1, "data mismatch at stream offset %" PRIu64 ": got 0x%02x, expected 0x%02x", i, p[j], want);
         }
         checksum += p[j];
       }
@@ -130,14 +129,12 @@ inline int accept_one(int ls) {
 // The one JSON line the benchmark driver reads.
 inline int print_report(const Sample& start, const Sample& end, const Consumer& consumer, uint64_t mapped,
                         uint64_t syscalls) {
-  const double elapsed_ms =
-      (end.wall.tv_sec - start.wall.tv_sec) * 1e3 + (end.wall.tv_nsec - start.wall.tv_nsec) / 1e6;
+  const double elapsed_ms = (end.wall.tv_sec - start.wall.tv_sec) * 1e3 + (end.wall.tv_nsec - start.wall.tv_nsec) / 1e6;
   printf("{\"bytes\":%" PRIu64 ",\"mappedBytes\":%" PRIu64
          ",\"cpuUserMs\":%.3f,\"cpuSysMs\":%.3f,\"elapsedMs\":%.3f,\"syscalls\":%" PRIu64
          ",\"maxRssKiB\":%ld,\"checksum\":%" PRIu64 "}\n",
-         consumer.offset, mapped, tv_ms(start.ru.ru_utime, end.ru.ru_utime),
-         tv_ms(start.ru.ru_stime, end.ru.ru_stime), elapsed_ms, syscalls, end.ru.ru_maxrss,
-         consumer.checksum);
+         consumer.offset, mapped, tv_ms(start.ru.ru_utime, end.ru.ru_utime), tv_ms(start.ru.ru_stime, end.ru.ru_stime),
+         elapsed_ms, syscalls, end.ru.ru_maxrss, consumer.checksum);
   return fflush(stdout) == 0 ? 0 : 1;
 }
 

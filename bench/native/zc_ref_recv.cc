@@ -106,9 +106,7 @@ uint64_t receive_stream(int fd, size_t chunk, Consumer& c, uint64_t& syscalls) {
     // all (urgent data stops the mapping), whatever recv() makes of the queue. MSG_DONTWAIT:
     // poll is the only place the loop waits (with SO_RCVLOWAT a blocking recv() could wait for
     // bytes that an urgent byte counted in the hint will never provide).
-    const size_t want = zc.recv_skip_hint > 0 ? std::min<size_t>(zc.recv_skip_hint, chunk)
-                        : zc.length == 0     ? chunk
-                                             : 0;
+    const size_t want = zc.recv_skip_hint > 0 ? std::min<size_t>(zc.recv_skip_hint, chunk) : zc.length == 0 ? chunk : 0;
     if (want > 0) {
       syscalls++;
       const ssize_t n = recv(fd, buf, want, MSG_DONTWAIT);
