@@ -196,8 +196,10 @@ describe.skipIf(!probe().supported)("mode 'auto' on real streams", () => {
     return { received, stats: receiver.stats };
   }
 
-  // Under test:asan (the ASan runtime preloaded into Node) auto stays on zero-copy here;
-  // not understood yet, so this one is left to the normal run.
+  // Under test:asan (the ASan runtime preloaded into Node) copying itself costs more than
+  // the 5 ms per MiB these tests add to mapped chunks (measured: copying 11556 µs of thread
+  // CPU per MB against mapping 7926 with the added cost: ASan's interceptors check every
+  // byte recv() writes), so auto rightly keeps mapping there. These are left to the normal run.
   const underAsan = (process.env.LD_PRELOAD ?? '').includes('libasan');
   it.skipIf(underAsan)('settles on copying when mapped chunks cost the consumer more', async () => {
     const { stats, received } = await autoStream(161, (chunk) => chunk.mapped && spin(perMiB(chunk, 5000)));
@@ -208,7 +210,7 @@ describe.skipIf(!probe().supported)("mode 'auto' on real streams", () => {
     expect(received.mappedBytes).toBeLessThan(bytes / 2);
   });
 
-  it("a server's next connection starts on the path its group chose", async () => {
+  it.skipIf(underAsan)("a server's next connection starts on the path its group chose", async () => {
     const expensiveMapped = (chunk: Chunk) => chunk.mapped && spin(perMiB(chunk, 5000));
     const group = 'next-connection';
     const first = await zerocopyStream(bytes, 166, { chunkSize: MiB, mode: 'auto', autoGroup: group });
