@@ -29,6 +29,8 @@ export interface AutoPathOptions {
   settleEvents?: number;
   /** Thread CPU time now, in nanoseconds (CLOCK_THREAD_CPUTIME_ID in the package). */
   cpuNs: () => number;
+  /** The last member left before any decision: nothing learned worth keeping. */
+  onAbandoned?: () => void;
 }
 
 /** One receiver's part in an AutoPath. */
@@ -64,6 +66,7 @@ interface Window {
 
 interface Totals {
   bytes: number;
+  mapped: number;
   ns: number;
 }
 
@@ -80,6 +83,7 @@ export class AutoPath {
   readonly #recheckEvery: number;
   readonly #settleEvents: number;
   readonly #cpuNs: () => number;
+  readonly #onAbandoned: (() => void) | undefined;
   readonly #members = new Set<Member>();
 
   #path: ReceivePath = 'zerocopy'; // in use now
@@ -100,6 +104,7 @@ export class AutoPath {
     this.#recheckEvery = options.recheckEvery ?? 128;
     this.#settleEvents = options.settleEvents ?? 3;
     this.#cpuNs = options.cpuNs;
+    this.#onAbandoned = options.onAbandoned;
     this.#windowStartNs = this.#cpuNs();
   }
 
@@ -135,7 +140,13 @@ export class AutoPath {
       this.#window = emptyTotals();
       this.#windowStartNs = this.#cpuNs();
     }
-    const member = new Member(this, setPath, this.#windowBytes, this.#recheckEvery * this.#windowBytes);
+    const member = new Member(
+      this,
+      setPath,
+      this.#windowBytes,
+      this.#recheckEvery * this.#windowBytes,
+      this.#settleEvents,
+    );
     this.#members.add(member);
     if (this.#path !== 'zerocopy') setPath(this.#path);
     return member;
@@ -144,13 +155,14 @@ export class AutoPath {
   /** @internal */
   leave(member: Member): void {
     this.#members.delete(member);
+    if (this.#members.size === 0 && this.#checks === 0) this.#onAbandoned?.();
   }
 
   /**
-   * @internal A member's delivery. Members copying on their own count too: their CPU is
-   * on the thread whichever path the group measures.
+   * @internal A delivery of a member that follows the group (members copying on their own
+   * are known unmappable: their bytes would pass for mapping in a zero-copy window).
    */
-  delivered(bytes: number): void {
+  delivered(bytes: number, mappedBytes: number): void {
     if (bytes <= 0) return;
     const current = this.#plan.at(0);
     if (current === undefined) {
@@ -165,10 +177,22 @@ export class AutoPath {
       return;
     }
     this.#window.bytes += bytes;
+    this.#window.mapped += mappedBytes;
     if (this.#window.bytes < this.#windowBytes) return;
 
     const now = this.#cpuNs();
     this.#window.ns = Math.max(0, now - this.#windowStartNs);
+    if (
+      current.measured &&
+      current.path === 'zerocopy' &&
+      this.#window.mapped < MIN_MAPPED_SHARE * this.#window.bytes
+    ) {
+      // Mostly copies (peers found unmappable only at the end of their first window):
+      // not a measurement of mapping. The same window again.
+      this.#window = emptyTotals();
+      this.#windowStartNs = now;
+      return;
+    }
     this.#plan.shift();
     if (current.measured) {
       this.#round[current.path].push(perMB(this.#window));
@@ -241,7 +265,10 @@ export class AutoPath {
     if (window === undefined) return;
     if (window.path !== this.#path) {
       this.#switchTo(window.path);
-      this.#skip = this.#settleEvents;
+      // Each following receiver still has chunks read ahead on the old path.
+      let following = 0;
+      for (const member of this.#members) if (member.following) following++;
+      this.#skip = this.#settleEvents * Math.max(1, following);
     }
     if (this.#skip === 0) this.#windowStartNs = this.#cpuNs();
   }
@@ -265,14 +292,23 @@ class Member implements AutoPathMember {
   // Its own stream's mappability, judged over its first `probeBytes` on zero-copy.
   #zerocopyBytes = 0;
   #zerocopyMapped = 0;
+  #probeSkip = 0;
   #ownDecision: string | null = null; // set while it copies on its own
   #ownBytes = 0;
+  readonly #settleEvents: number;
 
-  constructor(group: AutoPath, setPath: (path: ReceivePath) => void, probeBytes: number, recheckBytes: number) {
+  constructor(
+    group: AutoPath,
+    setPath: (path: ReceivePath) => void,
+    probeBytes: number,
+    recheckBytes: number,
+    settleEvents: number,
+  ) {
     this.#group = group;
     this.#setPath = setPath;
     this.#probeBytes = probeBytes;
     this.#recheckBytes = recheckBytes;
+    this.#settleEvents = settleEvents;
   }
 
   get following(): boolean {
@@ -302,6 +338,10 @@ class Member implements AutoPathMember {
         this.#zerocopyMapped = 0;
         if (this.#group.path !== 'copy') this.#setPath(this.#group.path);
       }
+      return;
+    }
+    if (this.#probeSkip > 0) {
+      this.#probeSkip--; // chunks read ahead on the copy path
     } else if (this.#group.path === 'zerocopy' && this.#zerocopyBytes < this.#probeBytes) {
       this.#zerocopyBytes += bytes;
       this.#zerocopyMapped += mappedBytes;
@@ -310,9 +350,10 @@ class Member implements AutoPathMember {
         this.#ownDecision = `copy: only ${percent(this.#zerocopyMapped / this.#zerocopyBytes)} of the stream could be mapped`;
         this.#ownBytes = 0;
         this.#setPath('copy');
+        return;
       }
     }
-    this.#group.delivered(bytes);
+    this.#group.delivered(bytes, mappedBytes);
   }
 
   leave(): void {
@@ -324,7 +365,9 @@ class Member implements AutoPathMember {
 
   /** The group moved to `path`. */
   groupSwitched(path: ReceivePath): void {
-    if (this.following) this.#setPath(path);
+    if (!this.following) return;
+    this.#setPath(path);
+    if (path === 'zerocopy') this.#probeSkip = this.#settleEvents;
   }
 }
 
@@ -347,7 +390,7 @@ function median(values: number[]): number {
 }
 
 function emptyTotals(): Totals {
-  return { bytes: 0, ns: 0 };
+  return { bytes: 0, mapped: 0, ns: 0 };
 }
 
 /** µs per MB (10^6 bytes), the units the README uses. */
@@ -363,15 +406,19 @@ function percent(share: number): string {
   return `${(100 * share).toFixed(1)}%`;
 }
 
-/** One AutoPath per (autoGroup, chunkSize) in this thread (module state is per thread). */
+/**
+ * One AutoPath per (autoGroup, chunkSize) in this thread (module state is per thread). A
+ * group is dropped when its last receiver leaves before it decided anything, so names
+ * made per connection do not pile up; one that decided is kept (that is its point).
+ */
 const groups = new Map<string, AutoPath>();
 
 /** The shared AutoPath of receivers with this group name and chunk size. */
-export function autoPathFor(group: string, chunkSize: number, options: AutoPathOptions): AutoPath {
-  const key = `${chunkSize}:${group}`;
+export function autoPathFor(group: string, chunkSize: number, options: Omit<AutoPathOptions, 'onAbandoned'>): AutoPath {
+  const key = `${String(chunkSize)}:${group}`;
   let auto = groups.get(key);
   if (auto === undefined) {
-    auto = new AutoPath(options);
+    auto = new AutoPath({ ...options, onAbandoned: () => groups.delete(key) });
     groups.set(key, auto);
   }
   return auto;

@@ -94,6 +94,8 @@ export interface PipeToOptions {
 export interface ZeroCopyReceiver extends AsyncIterable<Chunk>, AsyncDisposable {
   /** The next chunk, or null at the end of the stream. Rejects once with a socket error. */
   read(): Promise<Chunk | null>;
+  /** The chunks in order; an iterator as an async generator's (iterable itself). */
+  [Symbol.asyncIterator](): AsyncIterableIterator<Chunk>;
   /** Counters so far. */
   readonly stats: ReceiverStats;
   /**
@@ -138,7 +140,14 @@ export interface ChunkSource {
 }
 
 const EMPTY = Buffer.alloc(0);
-const DONE: IteratorReturnResult<undefined> = Object.freeze({ done: true, value: undefined });
+/** What async generators' iterators inherit from. */
+const AsyncIteratorPrototype = Object.getPrototypeOf(
+  Object.getPrototypeOf(
+    async function* () {
+      // An empty generator: only its prototype chain is wanted.
+    }.prototype,
+  ),
+) as object;
 
 class ReceivedChunk implements Chunk {
   #data: Buffer;
@@ -527,26 +536,31 @@ export class Receiver implements ZeroCopyReceiver {
       finished = true;
       this.close();
     };
-    const iterator: AsyncIterableIterator<Chunk> = {
-      next: (): Promise<IteratorResult<Chunk>> => {
-        if (finished) return Promise.resolve(DONE);
-        return this.read().then(
-          (chunk) => {
-            if (chunk !== null) return { done: false, value: chunk };
-            finished = true; // the whole stream was read: the socket ends as Node's would
-            return DONE;
-          },
-          (error: unknown) => {
-            leave();
-            throw error;
-          },
-        );
-      },
-      return: (): Promise<IteratorResult<Chunk>> => {
-        leave();
-        return Promise.resolve(DONE);
-      },
-      [Symbol.asyncIterator]: () => iterator,
+    const done = (value?: unknown): IteratorReturnResult<undefined> => ({ done: true, value: value as undefined });
+    // On %AsyncIteratorPrototype%, as a generator's would be: [Symbol.asyncIterator]
+    // returning itself, and whatever the runtime adds there (asyncDispose, helpers).
+    const iterator = Object.create(AsyncIteratorPrototype) as AsyncIterableIterator<Chunk>;
+    iterator.next = (): Promise<IteratorResult<Chunk>> => {
+      if (finished) return Promise.resolve(done());
+      return this.read().then(
+        (chunk): IteratorResult<Chunk> => {
+          if (chunk !== null) return { done: false, value: chunk };
+          finished = true; // the whole stream was read: the socket ends as Node's would
+          return done();
+        },
+        (error: unknown) => {
+          leave();
+          throw error;
+        },
+      );
+    };
+    iterator.return = (value?: unknown): Promise<IteratorResult<Chunk>> => {
+      leave();
+      return Promise.resolve(done(value));
+    };
+    iterator.throw = (error?: unknown): Promise<IteratorResult<Chunk>> => {
+      leave();
+      return Promise.reject(error instanceof Error ? error : new Error(String(error)));
     };
     return iterator;
   }

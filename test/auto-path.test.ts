@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 
-import { AutoPath, type ReceivePath } from '../src/auto-path';
+import { AutoPath, autoPathFor, type ReceivePath } from '../src/auto-path';
 import { attach, probe, type Chunk } from '../src/index';
 import { drain, loopbackFixture, MiB } from './helpers';
 
@@ -71,6 +71,54 @@ describe('AutoPath (the decision, with an injected cost source)', () => {
     expect(member.decision).toBe('copy: only 0.0% of the stream could be mapped');
     // The group is not swayed by one unmappable peer.
     expect(auto.path).toBe('zerocopy');
+  });
+
+  it('an unmappable peer does not decide for the group: its copies are not a measurement of mapping', () => {
+    let clock = 0;
+    const auto = group(() => clock);
+    const plain = auto.join(() => undefined);
+    // Its first window: nothing mapped, so it copies on its own from here on.
+    for (let i = 0; i < 10; i++) plain.delivered(100, 0);
+    expect(plain.path).toBe('copy');
+    // Long after, still alone: the group has nothing to measure and decides nothing.
+    for (let i = 0; i < 1000; i++) {
+      clock += 10;
+      plain.delivered(100, 0);
+    }
+    expect(auto.checks).toBe(0);
+    // A mappable peer joins: mapping is cheaper for it, and the group says so.
+    const mappable = auto.join(() => undefined);
+    for (let i = 0; auto.checks === 0 && i < 2000; i++) {
+      clock += mappable.path === 'zerocopy' ? 80 : 120;
+      mappable.delivered(100, mappable.path === 'zerocopy' ? 100 : 0);
+      plain.delivered(100, 0);
+    }
+    expect(auto.checks).toBe(1);
+    expect(auto.path).toBe('zerocopy');
+    expect(mappable.path).toBe('zerocopy');
+    expect(plain.path).toBe('copy');
+  });
+
+  it('zero-copy windows that were mostly copies are measured again', () => {
+    let clock = 0;
+    const auto = group(() => clock);
+    const member = auto.join(() => undefined);
+    // Mappable in its probe, then (path to the peer changed) no longer mappable.
+    for (let i = 0; i < 10; i++) member.delivered(100, 100);
+    for (let i = 0; i < 200; i++) {
+      clock += 100;
+      member.delivered(100, 0);
+    }
+    expect(auto.checks).toBe(0);
+    expect(auto.cost.zerocopy).toBeNull();
+  });
+
+  it('a group that decided nothing is dropped when its last receiver leaves', () => {
+    const options = { cpuNs: () => 0, windowBytes: 1000 };
+    const first = autoPathFor('per-connection-name', 4096, options);
+    expect(autoPathFor('per-connection-name', 4096, options)).toBe(first);
+    first.join(() => undefined).leave();
+    expect(autoPathFor('per-connection-name', 4096, options)).not.toBe(first);
   });
 
   it('re-checks now and then, and switches when the costs turned around', () => {
