@@ -390,6 +390,20 @@ bool Receiver::RunCycle(int status) {
     batch.eof = false;
     batch.error = pending_error_;
   }
+  if (batch.abandoned) {
+    // A Buffer could not be made. If JS still runs, that was no teardown but a failed
+    // allocation (out of memory): end the stream with the chunks made so far and ENOMEM,
+    // rather than leave the exception pending and every later wake-up refused.
+    napi_value ignored;
+    napi_get_and_clear_last_exception(env, &ignored);
+    void* still_wrapped = nullptr;
+    if (napi_unwrap(env, receiver, &still_wrapped) == napi_ok) {
+      batch.abandoned = false;
+      batch.eof = false;
+      batch.error = ENOMEM;
+      batch.syscall = "napi_create_buffer";
+    }
+  }
   if (!batch.Empty() && !batch.abandoned) {
     if (flush_delay_ms_ > 0 && !draining_) {
       if (low_water_is_one_) {
