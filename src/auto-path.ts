@@ -29,8 +29,6 @@ export interface AutoPathOptions {
   settleEvents?: number;
   /** Thread CPU time now, in nanoseconds (CLOCK_THREAD_CPUTIME_ID in the package). */
   cpuNs: () => number;
-  /** The last member left before any decision: nothing learned worth keeping. */
-  onAbandoned?: () => void;
 }
 
 /** One receiver's part in an AutoPath. */
@@ -83,7 +81,6 @@ export class AutoPath {
   readonly #recheckEvery: number;
   readonly #settleEvents: number;
   readonly #cpuNs: () => number;
-  readonly #onAbandoned: (() => void) | undefined;
   readonly #members = new Set<Member>();
 
   #path: ReceivePath = 'zerocopy'; // in use now
@@ -104,7 +101,6 @@ export class AutoPath {
     this.#recheckEvery = options.recheckEvery ?? 128;
     this.#settleEvents = options.settleEvents ?? 3;
     this.#cpuNs = options.cpuNs;
-    this.#onAbandoned = options.onAbandoned;
     this.#windowStartNs = this.#cpuNs();
   }
 
@@ -155,7 +151,6 @@ export class AutoPath {
   /** @internal */
   leave(member: Member): void {
     this.#members.delete(member);
-    if (this.#members.size === 0 && this.#checks === 0) this.#onAbandoned?.();
   }
 
   /**
@@ -407,19 +402,32 @@ function percent(share: number): string {
 }
 
 /**
- * One AutoPath per (autoGroup, chunkSize) in this thread (module state is per thread). A
- * group is dropped when its last receiver leaves before it decided anything, so names
- * made per connection do not pile up; one that decided is kept (that is its point).
+ * One AutoPath per (autoGroup, chunkSize) in this thread (module state is per thread),
+ * kept while unused: a server's connections come and go, and the next one should find
+ * what the last ones measured, decided or not. Bounded, so group names made per
+ * connection do not pile up: past MAX_GROUPS the least recently joined group that has no
+ * receiver is dropped.
  */
 const groups = new Map<string, AutoPath>();
+const MAX_GROUPS = 64;
 
 /** The shared AutoPath of receivers with this group name and chunk size. */
-export function autoPathFor(group: string, chunkSize: number, options: Omit<AutoPathOptions, 'onAbandoned'>): AutoPath {
+export function autoPathFor(group: string, chunkSize: number, options: AutoPathOptions): AutoPath {
   const key = `${String(chunkSize)}:${group}`;
   let auto = groups.get(key);
   if (auto === undefined) {
-    auto = new AutoPath({ ...options, onAbandoned: () => groups.delete(key) });
-    groups.set(key, auto);
+    auto = new AutoPath(options);
+  } else {
+    groups.delete(key); // re-inserted below: the map's order is the order of use
+  }
+  groups.set(key, auto);
+  if (groups.size > MAX_GROUPS) {
+    for (const [oldKey, old] of groups) {
+      if (old.members === 0 && old !== auto) {
+        groups.delete(oldKey);
+        break;
+      }
+    }
   }
   return auto;
 }

@@ -113,12 +113,21 @@ describe('AutoPath (the decision, with an injected cost source)', () => {
     expect(auto.cost.zerocopy).toBeNull();
   });
 
-  it('a group that decided nothing is dropped when its last receiver leaves', () => {
+  it('a group outlives its receivers (the next connection carries on); idle groups are bounded', () => {
     const options = { cpuNs: () => 0, windowBytes: 1000 };
-    const first = autoPathFor('per-connection-name', 4096, options);
-    expect(autoPathFor('per-connection-name', 4096, options)).toBe(first);
+    const first = autoPathFor('kept', 4096, options);
     first.join(() => undefined).leave();
-    expect(autoPathFor('per-connection-name', 4096, options)).not.toBe(first);
+    expect(autoPathFor('kept', 4096, options)).toBe(first);
+    // Names made per connection: the least recently used idle ones go past 64 groups.
+    for (let i = 0; i < 100; i++)
+      autoPathFor(`connection-${String(i)}`, 4096, options)
+        .join(() => undefined)
+        .leave();
+    expect(autoPathFor('kept', 4096, options)).not.toBe(first);
+    const busy = autoPathFor('busy', 4096, options);
+    busy.join(() => undefined);
+    for (let i = 0; i < 100; i++) autoPathFor(`again-${String(i)}`, 4096, options);
+    expect(autoPathFor('busy', 4096, options)).toBe(busy);
   });
 
   it('re-checks now and then, and switches when the costs turned around', () => {

@@ -96,15 +96,8 @@ int main(int argc, char** argv) {
   }
   if (optind < argc) die(2, "unexpected argument '%s'", argv[optind]);
 
-  const int ls = listen_announce(port);
-  for (int stream = 1;; stream++) {
-    const int fd = accept_one(ls);
-    Consumer each = c;  // each stream's pattern starts at offset 0
-    uint64_t syscalls = 0;
-    const Sample start = sample();
+  return serve_streams(port, streams, c, [chunk, lowat](int fd, Consumer& each, uint64_t& syscalls) {
     receive_stream(fd, chunk, lowat, each, syscalls);
-    const Sample end = sample();
-    close(fd);
-    if (stream == streams) return print_report(start, end, each, 0, syscalls);
-  }
+    return uint64_t{0};
+  });
 }

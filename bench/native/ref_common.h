@@ -138,4 +138,22 @@ inline int print_report(const Sample& start, const Sample& end, const Consumer& 
   return fflush(stdout) == 0 ? 0 : 1;
 }
 
+// Listens on port, takes `streams` connections one after the other, receives each with
+// `receive(fd, consumer, syscalls)` (which returns the bytes it mapped) and reports the
+// last: the ones before warm the process up. Each stream's pattern starts at offset 0.
+template <typename ReceiveStream>
+int serve_streams(uint16_t port, int streams, const Consumer& consumer, ReceiveStream receive) {
+  const int ls = listen_announce(port);
+  for (int stream = 1;; stream++) {
+    const int fd = accept_one(ls);
+    Consumer each = consumer;
+    uint64_t syscalls = 0;
+    const Sample start = sample();
+    const uint64_t mapped = receive(fd, each, syscalls);
+    const Sample end = sample();
+    close(fd);
+    if (stream == streams) return print_report(start, end, each, mapped, syscalls);
+  }
+}
+
 }  // namespace refbench

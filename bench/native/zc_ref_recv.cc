@@ -166,15 +166,7 @@ int main(int argc, char** argv) {
   // Only whole pages are mapped, and the mapping's tail must end on a page boundary.
   if (chunk % kPage != 0) die(2, "--chunk must be a multiple of %zu", kPage);
 
-  const int ls = listen_announce(port);
-  for (int stream = 1;; stream++) {
-    const int fd = accept_one(ls);
-    Consumer each = c;  // each stream's pattern starts at offset 0
-    uint64_t syscalls = 0;
-    const Sample start = sample();
-    const uint64_t mapped = receive_stream(fd, chunk, each, syscalls);
-    const Sample end = sample();
-    close(fd);
-    if (stream == streams) return print_report(start, end, each, mapped, syscalls);
-  }
+  return serve_streams(port, streams, c, [chunk](int fd, Consumer& each, uint64_t& syscalls) {
+    return receive_stream(fd, chunk, each, syscalls);
+  });
 }
