@@ -2,12 +2,9 @@
 
 #include <sys/mman.h>
 
-#include <cerrno>
 #include <cmath>
-#include <ctime>
 
 #include "chunk_tag.h"
-#include "errors.h"
 #include "probe.h"
 #include "receiver.h"
 
@@ -51,7 +48,6 @@ Addon::Addon(Napi::Env env, Napi::Object exports)
                            InstanceMethod<&Addon::Configure>("configure"),
                            InstanceMethod<&Addon::BreakPoolForTesting>("_breakPoolForTesting"),
                            InstanceMethod<&Addon::WriteReadOnlyForTesting>("_writeReadOnlyForTesting"),
-                           InstanceMethod<&Addon::ThreadCpuNs>("threadCpuNs"),
                            InstanceValue("Receiver", Receiver::Init(env), napi_enumerable),
                        });
 }
@@ -159,15 +155,6 @@ Napi::Value Addon::Configure(const Napi::CallbackInfo& info) {
 
 // _writeReadOnlyForTesting(): a real store into a read-only page outside the pool, which
 // must still end the process with SIGSEGV once the write-fault handler is installed.
-// threadCpuNs(): CPU time of the calling thread (CLOCK_THREAD_CPUTIME_ID) in ns, for
-// auto mode's cost measurement: it counts the consumer's work on this thread as well as
-// the receiver's, and nothing of other threads or processes.
-Napi::Value Addon::ThreadCpuNs(const Napi::CallbackInfo& info) {
-  timespec now{};
-  if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &now) != 0) throw ErrnoError(info.Env(), errno, "clock_gettime");
-  return Napi::Number::New(info.Env(), static_cast<double>(now.tv_sec) * 1e9 + static_cast<double>(now.tv_nsec));
-}
-
 Napi::Value Addon::WriteReadOnlyForTesting(const Napi::CallbackInfo& info) {
   void* page = mmap(nullptr, 4096, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (page == MAP_FAILED) return Napi::Boolean::New(info.Env(), false);

@@ -24,7 +24,6 @@ class Addon : public Napi::Addon<Addon> {
   Napi::Value Configure(const Napi::CallbackInfo& info);
   Napi::Value BreakPoolForTesting(const Napi::CallbackInfo& info);
   Napi::Value WriteReadOnlyForTesting(const Napi::CallbackInfo& info);
-  Napi::Value ThreadCpuNs(const Napi::CallbackInfo& info);
 
   // Shared with every mapped chunk, so the mappings outlive receivers and this object
   // until the last Buffer over them is released or collected.

@@ -8,7 +8,7 @@
 /** The two ways a receiver can take bytes from the kernel. */
 export type ReceivePath = 'zerocopy' | 'copy';
 
-/** What auto mode measured, in microseconds of thread CPU per MB delivered. */
+/** What auto mode measured, in microseconds of the process's CPU time per MB delivered. */
 export interface MeasuredCost {
   /** Mapping (zero-copy mode's path), consumer included; null until measured. */
   zerocopy: number | null;
@@ -27,7 +27,7 @@ export interface AutoPathOptions {
    * the old path are still being consumed (default 3).
    */
   settleEvents?: number;
-  /** Thread CPU time now, in nanoseconds (CLOCK_THREAD_CPUTIME_ID in the package). */
+  /** CPU time now, in nanoseconds (the process's, all threads, in the package). */
   cpuNs: () => number;
 }
 
@@ -70,10 +70,11 @@ interface Totals {
 
 /**
  * Chooses the path by measurement: runs a window of mapping and one of copying (after a
- * zero-copy warm-up), compares thread CPU per byte delivered (the consumers' work on this
- * thread included), settles on the cheaper, and measures both again every `recheckEvery`
- * windows' worth of bytes. Every member follows the path under measurement or chosen, so
- * the thread's CPU is spent on one path at a time; a member whose own stream cannot be
+ * zero-copy warm-up), compares the process's CPU time per byte delivered (the consumers'
+ * work included, also what they hand to the threadpool, such as file writes), settles on
+ * the cheaper, and measures both again every `recheckEvery` windows' worth of bytes. Every
+ * member follows the path under measurement or chosen, so the thread's receivers spend
+ * their CPU on one path at a time; a member whose own stream cannot be
  * mapped (a plain sender, a NIC without header split) copies on its own.
  */
 export class AutoPath {
@@ -237,7 +238,7 @@ export class AutoPath {
     this.#checks++;
     this.#chosen = path;
     this.#decision =
-      `${path}: ${cheaper} measured ${fmt(mine)} µs of thread CPU per MB, ${dearer} ${fmt(theirs)} ` +
+      `${path}: ${cheaper} measured ${fmt(mine)} µs of CPU per MB, ${dearer} ${fmt(theirs)} ` +
       `(consumer included; ${(theirs / mine).toFixed(2)}x), re-checked every ` +
       `${Math.round((this.#recheckEvery * this.#windowBytes) / 2 ** 20)} MiB`;
     this.#plan = [];

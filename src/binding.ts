@@ -85,8 +85,6 @@ export interface NativeBinding {
   releaseChunk(buffer: Buffer): boolean;
   detachBuffer(buffer: Buffer): boolean;
   poolStats(): NativePoolStats;
-  /** CPU time of the calling thread in ns (CLOCK_THREAD_CPUTIME_ID). */
-  threadCpuNs(): number;
   configure(options: { maxPinnedBytes?: number; copyOnWrite?: boolean }): void;
   /** Tests only: makes the kernel refuse every later receive into this thread's pool. */
   _breakPoolForTesting(): boolean;

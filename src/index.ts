@@ -75,7 +75,7 @@ export interface AttachOptions {
   chunkSize?: number;
   /**
    * 'auto' (default): measures what mapping and what copying cost on this host with this
-   * consumer (thread CPU per byte delivered, over windows of max(8 MiB, 2 chunks)), uses
+   * consumer (the process's CPU time per byte delivered, over windows of max(8 MiB, 2 chunks)), uses
    * the cheaper, and measures both again every 128 windows' worth of bytes;
    * `stats.decision` says which and why. The measurement and the choice are shared by
    * the receivers of one thread with the same chunkSize and `autoGroup`, so a server's
@@ -145,6 +145,16 @@ const DEFAULT_CHUNK_SIZE = 1 << 20;
 const MIN_CHUNK_SIZE = 4096;
 const MAX_CHUNK_SIZE = 64 << 20;
 const DEFAULT_FLUSH_DELAY_MS = 20;
+/**
+ * The process's CPU time (user + system, every thread) in ns: auto mode's cost. The
+ * thread's alone would miss what a consumer hands to the threadpool (fs writes of mapped
+ * pages fault them in there).
+ */
+function processCpuNs(): number {
+  const usage = process.cpuUsage();
+  return (usage.user + usage.system) * 1000;
+}
+
 /** Auto mode's smallest measurement window. */
 const AUTO_WINDOW_BYTES = 8 * 1024 * 1024;
 const OPTION_NAMES = new Set(['chunkSize', 'mode', 'autoGroup', 'whenPoolFull', 'flushDelayMs', 'signal']);
@@ -285,7 +295,6 @@ export function attach(socket: net.Socket, options: AttachOptions = {}): ZeroCop
     try {
       const source = (onEvent: NativeEventHandler): NativeReceiver => new Native(fd, nativeOptions, onEvent);
       // The source first: if the addon refuses the fd, the socket is left untouched.
-      const binding = native;
       const measure = settings.mode === 'auto' && probe().supported;
       receiver = new Receiver(socket, source, {
         waitsForPool: settings.whenPoolFull === 'wait',
@@ -294,7 +303,7 @@ export function attach(socket: net.Socket, options: AttachOptions = {}): ZeroCop
         autoPath: measure
           ? autoPathFor(settings.autoGroup, settings.chunkSize, {
               windowBytes: Math.max(AUTO_WINDOW_BYTES, 2 * settings.chunkSize),
-              cpuNs: () => binding.threadCpuNs(),
+              cpuNs: processCpuNs,
             })
           : undefined,
         autoUnavailable: settings.mode === 'auto' && !measure ? (probe().reason ?? 'zero-copy unavailable') : undefined,

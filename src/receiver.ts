@@ -72,11 +72,11 @@ export interface ReceiverStats {
   fallbackReason: string | null;
   /**
    * mode 'auto': which path it chose and why, in a sentence (e.g. "copy: copying measured
-   * 150 µs of thread CPU per MB, mapping 201 (consumer included; 1.34x), re-checked every
+   * 150 µs of CPU per MB, mapping 201 (consumer included; 1.34x), re-checked every
    * 512 MiB"), or what it is measuring now. null in modes 'zerocopy' and 'copy'.
    */
   decision: string | null;
-  /** mode 'auto': the last thread CPU per MB measured on each path; null in other modes. */
+  /** mode 'auto': the last CPU time per MB measured on each path; null in other modes. */
   measuredCpu: MeasuredCost | null;
 }
 

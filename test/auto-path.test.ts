@@ -36,7 +36,7 @@ describe('AutoPath (the decision, with an injected cost source)', () => {
     expect(auto.path).toBe('copy');
     expect(auto.cost.copy).toBeCloseTo(100, 6);
     expect(auto.decision).toMatch(
-      /^copy: copying measured 100 µs of thread CPU per MB, mapping 250 \(consumer included; 2\.50x\)/,
+      /^copy: copying measured 100 µs of CPU per MB, mapping 250 \(consumer included; 2\.50x\)/,
     );
     // Warm-up and first window on zero-copy, then copy, copy, zero-copy, then settled on copy.
     expect(paths).toEqual(['copy', 'zerocopy', 'copy']);
@@ -261,7 +261,7 @@ describe.skipIf(!probe().supported)("mode 'auto' on real streams", () => {
   it.skipIf(underAsan)('settles on copying when mapped chunks cost the consumer more', async () => {
     const { stats, received } = await autoStream(161, (chunk) => chunk.mapped && spin(perMiB(chunk, 5000)));
     expect(stats.path, stats.decision ?? 'no decision yet').toBe('copy');
-    expect(stats.decision).toMatch(/^copy: copying measured \d+ µs of thread CPU per MB, mapping \d+/);
+    expect(stats.decision).toMatch(/^copy: copying measured \d+ µs of CPU per MB, mapping \d+/);
     expect(stats.measuredCpu?.zerocopy).toBeGreaterThan(stats.measuredCpu?.copy ?? Infinity);
     // Only the warm-up and measurement windows were mapped.
     expect(received.mappedBytes).toBeLessThan(bytes / 2);
@@ -290,7 +290,7 @@ describe.skipIf(!probe().supported)("mode 'auto' on real streams", () => {
   it('settles on zero-copy when copied chunks cost the consumer more', async () => {
     const { stats, received } = await autoStream(162, (chunk) => !chunk.mapped && spin(perMiB(chunk, 5000)));
     expect(stats.path).toBe('zerocopy');
-    expect(stats.decision).toMatch(/^zerocopy: mapping measured \d+ µs of thread CPU per MB, copying \d+/);
+    expect(stats.decision).toMatch(/^zerocopy: mapping measured \d+ µs of CPU per MB, copying \d+/);
     expect(received.mappedBytes).toBeGreaterThan(bytes / 2);
   });
 
