@@ -285,23 +285,15 @@ export class Receiver implements ZeroCopyReceiver {
 
   readonly #onEvent: NativeEventHandler = (first, second, mappedMask, error, eof) => {
     let bytes = 0;
-    let mappedBytes = 0;
     if (first !== undefined) {
-      const mapped = (mappedMask & 1) !== 0;
-      this.#queue.push(new ReceivedChunk(first, mapped));
+      this.#queue.push(new ReceivedChunk(first, (mappedMask & 1) !== 0));
       bytes += first.length;
-      if (mapped) mappedBytes += first.length;
     }
     if (second !== undefined) {
-      const mapped = (mappedMask & 2) !== 0;
-      this.#queue.push(new ReceivedChunk(second, mapped));
+      this.#queue.push(new ReceivedChunk(second, (mappedMask & 2) !== 0));
       bytes += second.length;
-      if (mapped) mappedBytes += second.length;
     }
-    if (bytes > 0) {
-      this.#lifecycle.received(bytes);
-      this.#auto?.delivered(bytes, mappedBytes);
-    }
+    if (bytes > 0) this.#lifecycle.received(bytes);
     if (error !== null) {
       this.#finish(error);
       this.#lifecycle.failed(error);
@@ -568,7 +560,14 @@ export class Receiver implements ZeroCopyReceiver {
   /** The next chunk from the queue, or null at the end; throws the stream's error, once. */
   #take(): Chunk | null {
     const chunk = this.#queue.shift();
-    if (chunk !== undefined) return chunk;
+    if (chunk !== undefined) {
+      // Auto mode counts a chunk when the reader takes it, not when it arrives: the CPU a
+      // window sees is the consumer's work on the chunks before, and chunks queued ahead
+      // would put a whole window of the old path's work into the next one (a file writer
+      // at 4 MiB chunks measured mapping 6-9x cheaper than copying, the other way round).
+      this.#auto?.delivered(chunk.data.length, chunk.mapped ? chunk.data.length : 0);
+      return chunk;
+    }
     const error = this.#error;
     if (!this.#endTaken) {
       this.#endTaken = true;
