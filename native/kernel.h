@@ -10,8 +10,6 @@ namespace tcpzc {
 constexpr int kTcpZerocopyReceive = 35;  // TCP_ZEROCOPY_RECEIVE, Linux >= 4.18
 constexpr uint32_t kTlbCleanHint = 0x1;  // TCP_RECEIVE_ZEROCOPY_FLAG_TLB_CLEAN_HINT, 5.11
 constexpr size_t kPageSize = 4096;
-// Below one page so a queue shorter than the copybuf never disables mapping (KERNEL.md).
-constexpr int32_t kCopybufSize = 4095;
 
 // Layout of Linux 6.x (64 bytes). Older kernels know a prefix of it; probe.cc finds which.
 struct ZerocopyReceive {

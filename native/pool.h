@@ -71,9 +71,6 @@ class MappingPool : public std::enable_shared_from_this<MappingPool> {
   void Wait(PoolWaiter* waiter);
   void CancelWait(PoolWaiter* waiter);
 
-  // Scratch space for TCP_ZEROCOPY_RECEIVE's copybuf; used synchronously on the JS thread.
-  uint8_t* copybuf() { return copybuf_; }
-
   // Tests only: puts an anonymous PROT_NONE mapping over every arena, so the kernel's
   // next receive into the pool fails for real (EINVAL, "not a TCP mapping"). Refused
   // (false) while any chunk is live.
@@ -135,7 +132,6 @@ class MappingPool : public std::enable_shared_from_this<MappingPool> {
   // TLB flush) for several chunks instead of one each.
   std::vector<std::pair<uint8_t*, size_t>> released_;
   size_t released_bytes_ = 0;
-  alignas(64) uint8_t copybuf_[4096];
 };
 
 }  // namespace tcpzc

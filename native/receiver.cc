@@ -564,7 +564,7 @@ void Receiver::ZerocopyCycle(Batch* batch) {
   std::memset(&zc, 0, sizeof(zc));
   zc.address = reinterpret_cast<uintptr_t>(slot.address);
   zc.length = static_cast<uint32_t>(slot.length);
-  if (features.copybuf) {
+  if (features.tlb_clean_hint) {
     zc.flags = kTlbCleanHint;  // pool slots never hold pages
     // No copybuf, although it would save a recv() for short runs: the kernel copies its
     // leftovers without looking for an urgent mark (tcp_copy_straggler_data), so an OOB
@@ -598,9 +598,6 @@ void Receiver::ZerocopyCycle(Batch* batch) {
   size_t mapped = std::min<size_t>(zc.length, slot.length) & ~(kPageSize - 1);
   MappedChunk* chunk = pool_->Commit(slot, mapped, copy_on_write_);
   if (features.inq_and_err && zc.err < 0 && pending_error_ == 0) pending_error_ = -zc.err;
-  size_t copied = zc.copybuf_address != 0 && zc.copybuf_len > 0
-                      ? std::min<size_t>(static_cast<size_t>(zc.copybuf_len), kCopybufSize)
-                      : 0;
   // Exactly the unmappable run, so the stream lines up with pages again after it. When
   // the slot filled up, the hint is only the rest of the current packet, which may well
   // be mappable: leave it queued for the next call (copying it cost up to 3% of the
@@ -617,47 +614,41 @@ void Receiver::ZerocopyCycle(Batch* batch) {
     zero_map_streak_ = 0;
   }
 
-  if (mapped == 0 && copied == 0 && to_recv == 0) {
+  if (mapped == 0 && to_recv == 0) {
     // Nothing mappable or skippable: the urgent mark (recv steps over it), a stream
     // drained after a reset or FIN, or a spurious wake-up. recv() tells which.
     copy_cause_ = kUrgent;
     CopyCycle(batch);
     return;
   }
-  // Bytes the kernel could not map come next: the copybuf leftovers, then the rest of
-  // the unmappable run (recv_skip_hint).
+  // Bytes the kernel could not map come next: the rest of the unmappable run
+  // (recv_skip_hint).
   copy_cause_ = kShortRun;
-  if (copied + to_recv > 0) ReadCopied(batch, copied, to_recv);
+  if (to_recv > 0) ReadCopied(batch, to_recv);
 }
 
-// One copied chunk: `prefix_len` bytes already in the pool's copybuf, then up to
-// `recv_len` bytes read from the socket.
-void Receiver::ReadCopied(Batch* batch, size_t prefix_len, size_t recv_len) {
+// One copied chunk: up to `recv_len` (> 0) bytes read from the socket.
+void Receiver::ReadCopied(Batch* batch, size_t recv_len) {
   napi_env env = Env();
-  size_t total = prefix_len + recv_len;
   void* raw = nullptr;
   napi_value buffer;
-  if (napi_create_buffer(env, total, &raw, &buffer) != napi_ok) {
-    batch->abandoned = true;  // the environment is going away
+  if (napi_create_buffer(env, recv_len, &raw, &buffer) != napi_ok) {
+    batch->abandoned = true;  // the environment is going away, or no memory
     return;
   }
   auto* data = static_cast<uint8_t*>(raw);
-  if (prefix_len > 0) std::memcpy(data, pool_->copybuf(), prefix_len);
-  size_t received = 0;
-  if (recv_len > 0) {
-    stats_.recv_calls++;
-    ssize_t n = RecvSome(handles_->fd, data + prefix_len, recv_len);
-    if (n > 0) {
-      received = static_cast<size_t>(n);
-    } else if (n == 0) {
-      batch->eof = true;
-    } else if (n != -EAGAIN && n != -EWOULDBLOCK) {
-      batch->error = static_cast<int>(-n);
-    }
+  size_t length = 0;
+  stats_.recv_calls++;
+  ssize_t n = RecvSome(handles_->fd, data, recv_len);
+  if (n > 0) {
+    length = static_cast<size_t>(n);
+  } else if (n == 0) {
+    batch->eof = true;
+  } else if (n != -EAGAIN && n != -EWOULDBLOCK) {
+    batch->error = static_cast<int>(-n);
   }
-  size_t length = prefix_len + received;
   if (length == 0) return;
-  if (length < total) {
+  if (length < recv_len) {
     // Short read (urgent mark, reset): keep only what arrived.
     if (napi_create_buffer_copy(env, length, data, nullptr, &buffer) != napi_ok) {
       batch->abandoned = true;
@@ -681,13 +672,13 @@ void Receiver::DrainCycle(Batch* batch) {
   if (drain_budget_ == 0 && drain_mark_steps_ < kMaxDrainMarkSteps && ioctl(handles_->fd, SIOCATMARK, &at_mark) == 0 &&
       at_mark != 0) {
     drain_mark_steps_++;
-    ReadCopied(batch, 0, chunk_size_);
+    ReadCopied(batch, chunk_size_);
     drain_budget_ = QueuedBytes(handles_->fd);
     if (batch->count > 0 || batch->error != 0 || batch->abandoned) return;
   }
   if (drain_budget_ > 0) {
     size_t before = batch->bytes;
-    ReadCopied(batch, 0, std::min(drain_budget_, chunk_size_));
+    ReadCopied(batch, std::min(drain_budget_, chunk_size_));
     size_t got = batch->bytes - before;
     drain_budget_ = got > 0 ? drain_budget_ - std::min(got, drain_budget_) : 0;
     if (got > 0 || batch->error != 0 || batch->abandoned) return;
@@ -723,7 +714,7 @@ void Receiver::CopyCycle(Batch* batch) {
     queued = QueuedBytes(handles_->fd);
     if (queued == 0) queued = 1;
   }
-  ReadCopied(batch, 0, std::min(queued, chunk_size_));
+  ReadCopied(batch, std::min(queued, chunk_size_));
 }
 
 // setCopying(bool): auto mode's choice (src/auto-path.ts), from the next wake-up on.

@@ -63,7 +63,7 @@ class Receiver : public Napi::ObjectWrap<Receiver>, private PoolWaiter {
   void ZerocopyCycle(Batch* batch);
   void CopyCycle(Batch* batch);
   void DrainCycle(Batch* batch);
-  void ReadCopied(Batch* batch, size_t prefix_len, size_t recv_len);
+  void ReadCopied(Batch* batch, size_t recv_len);
   void AddMapped(Batch* batch, MappedChunk* chunk);
   void AddCopied(Batch* batch, napi_value buffer, size_t length);
   void SwitchToCopy(const char* syscall, int err);
