@@ -9,6 +9,7 @@
 #include <cerrno>
 
 #include "kernel.h"
+#include "probe.h"
 
 namespace tcpzc {
 namespace {
@@ -41,6 +42,27 @@ int TcpSocket() {
 // socket can make it, and the mapping outlives the socket.
 void* MapTcp(int fd, void* fixed, size_t length) {
   return mmap(fixed, length, PROT_READ, MAP_SHARED | (fixed != nullptr ? MAP_FIXED : 0), fd, 0);
+}
+
+// Gives a released range's pages back to the kernel. Where MADV_DONTNEED also frees the
+// page table of every 2 MiB block it covers whole (6.14+), the next receive into that
+// block has to allocate and install a new one; under shadow paging (this project's VM)
+// those two PMD writes cost more than an extra madvise. There, each call stops in the
+// middle of a block, so none covers a block whole.
+void DropPages(uint8_t* address, size_t length) {
+  static const bool keep_page_tables = ProbeKernel().madvise_frees_page_tables;
+  if (!keep_page_tables) {
+    madvise(address, length, MADV_DONTNEED);
+    return;
+  }
+  const uintptr_t end = reinterpret_cast<uintptr_t>(address) + length;
+  for (uintptr_t start = reinterpret_cast<uintptr_t>(address); start < end;) {
+    uintptr_t middle = (start & ~static_cast<uintptr_t>(kArenaAlign - 1)) + kArenaAlign / 2;
+    if (middle <= start) middle += kArenaAlign;
+    const uintptr_t stop = std::min(end, middle);
+    madvise(reinterpret_cast<void*>(start), stop - start, MADV_DONTNEED);
+    start = stop;
+  }
 }
 
 }  // namespace
@@ -166,7 +188,7 @@ void MappingPool::Release(MappedChunk* chunk) {
   } else if (!batch) {
     // Drop the pages before the range can be handed out again: the next receive into it
     // must find it empty (TLB_CLEAN_HINT), and nothing may read the old payload.
-    madvise(chunk->address, chunk->length, MADV_DONTNEED);
+    DropPages(chunk->address, chunk->length);
     FreeRange(chunk->address, chunk->length);
     if (arena != nullptr && HasSeamInside(*arena, offset)) RemapFreeRun(arena, offset);
   } else {
@@ -193,7 +215,7 @@ void MappingPool::FlushReleased() {
   ranges.swap(released_);
   released_bytes_ = 0;
   for (const auto& range : ranges) {
-    madvise(range.first, range.second, MADV_DONTNEED);
+    DropPages(range.first, range.second);
     FreeRange(range.first, range.second);
     Arena* arena = ArenaOf(range.first);
     size_t offset = arena != nullptr ? static_cast<size_t>(range.first - arena->base) : 0;

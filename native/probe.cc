@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <mutex>
 
@@ -20,6 +21,10 @@ std::string Describe(const char* what, int err) { return std::string(what) + ": 
 void Probe(KernelFeatures* out) {
   struct utsname uts;
   if (uname(&uts) == 0) out->kernel = uts.release;
+  int major = 0, minor = 0;
+  if (std::sscanf(out->kernel.c_str(), "%d.%d", &major, &minor) == 2) {
+    out->madvise_frees_page_tables = major > 6 || (major == 6 && minor >= 14);
+  }
   // Slots, alignment and the copybuf size assume 4 KiB pages (arm64 may run 16 or 64 KiB).
   long page_size = sysconf(_SC_PAGESIZE);
   if (page_size != static_cast<long>(kPageSize)) {

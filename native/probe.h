@@ -16,6 +16,9 @@ struct KernelFeatures {
   bool copybuf = false;      // copybuf + flags (5.11)
   bool tlb_clean_hint = false;
   bool rx_timestamps = false;  // msg_control fields (5.12)
+  // madvise(MADV_DONTNEED) over a whole 2 MiB-aligned block also frees its page table
+  // (6.14+, CONFIG_PT_RECLAIM), which the next receive into it must allocate again.
+  bool madvise_frees_page_tables = false;
 };
 
 const KernelFeatures& ProbeKernel();
