@@ -12,11 +12,22 @@
 // (a C sink in another process). Chunk sizes 64K..4M, repetitions interleaved, medians
 // reported with min-max. Each receiver process first takes one unmeasured warm-up stream
 // (--warmup, default 64M; 0 for none), so the figures are a running server's, not its
-// start-up's (JIT, first page tables). Writes bench/results/<date>.json, .md and .svg.
+// start-up's (JIT, first page tables). Syscalls are counted (perf) during that warm-up
+// stream, so the tracepoint's cost is not in the measured one. Writes
+// bench/results/<date>.json, .md and .svg.
+//
+// Pinned (unless --unpinned, or not root, or one CPU): the sender (and the forward sink) run
+// on CPU 0 and each receiver on CPU 1, and loopback's receive processing is steered to CPU
+// 0 with RPS (/sys/class/net/lo/queues/rx-0/rps_cpus, restored on exit). On loopback the
+// kernel otherwise does TCP receive work (and even the sender's transmits, from ACKs) in
+// whichever process happens to run, which moved the receivers' CPU figures by 20-40%
+// between runs; with a NIC that work is the interrupt's, not the receiver's.
+// The receivers of each group run in a shuffled order (--seed), so none always follows the
+// same neighbour.
 //
 //   npm run bench [-- --quick] [--reps N] [--bytes 1G] [--chunks 64K,256K,1M,4M] [--only a,e]
 //                 [--consumers lines,none,sha256,file,forward] [--passes zerocopy,plain]
-//                 [--warmup 64M]
+//                 [--warmup 64M] [--unpinned] [--seed N]
 'use strict';
 const { spawn, spawnSync } = require('node:child_process');
 const { once } = require('node:events');
@@ -80,6 +91,8 @@ const { values } = parseArgs({
     consumers: { type: 'string', default: 'lines,none,sha256,file,forward' },
     passes: { type: 'string', default: 'zerocopy,plain' },
     warmup: { type: 'string', default: '64M' },
+    unpinned: { type: 'boolean', default: false },
+    seed: { type: 'string', default: '1' },
     out: { type: 'string', default: path.join(root, 'bench', 'results') },
   },
 });
@@ -103,7 +116,7 @@ const consumers = values.consumers.split(',').map((c) => {
 
 /**
  * @typedef {{ id: string, name: string, kind?: string, bin?: string, connects?: boolean }} ReceiverSpec
- * @typedef {{ bytes: number, mappedBytes: number, cpuUserMs: number, cpuSysMs: number, elapsedMs: number, syscalls: number | null, maxRssKiB: number, senderBusyPercent?: number, path?: string, decision?: string | null }} Report
+ * @typedef {{ bytes: number, mappedBytes: number, cpuUserMs: number, cpuSysMs: number, elapsedMs: number, syscalls: number | null, maxRssKiB: number, senderBusyPercent?: number, syscallsPerGB?: number | null, path?: string, decision?: string | null }} Report
  */
 /** @type {ReceiverSpec[]} */
 const allReceivers = [
@@ -155,9 +168,11 @@ async function runOnce(receiver, pass, chunk, consumer) {
   }
   const streams = warmupBytes > 0 ? 2 : 1;
   const stdio = /** @type {const} */ (['pipe', 'pipe', 'inherit']);
-  const child = spawn(command, [...baseArgs, '--chunk', String(chunk), '--streams', String(streams), '--port', '0'], {
-    stdio,
-  });
+  const args = [...baseArgs, '--chunk', String(chunk), '--streams', String(streams), '--port', '0'];
+  // taskset execs the receiver: the child's pid is the receiver's.
+  const child = pinning.on
+    ? spawn('taskset', ['-c', String(pinning.receiverCpu), command, ...args], { stdio })
+    : spawn(command, args, { stdio });
   let stdout = '';
   /** @type {(line: string) => void} */
   let onReady = () => undefined;
@@ -176,23 +191,36 @@ async function runOnce(receiver, pass, chunk, consumer) {
     child.stdin.write(`go ${await sender.listening}\n`);
     return sender;
   };
+  // Syscalls are counted on the warm-up stream where there is one: perf's tracepoint puts
+  // every syscall on a slower path, which must not be in the measured stream's CPU time.
+  let syscallsPerGB = null;
   if (warmupBytes > 0) {
     // Not measured: the receiver's first stream warms it up (JIT, pool, page tables) as a
     // server that has been running is warm.
+    const finishCount = perfWorks ? await countSyscalls(/** @type {number} */ (child.pid)) : null;
     await (
       await startStream(warmupBytes)
     ).done;
+    if (finishCount !== null) {
+      await new Promise((resolve) => setTimeout(resolve, 200)); // the receiver drains what is queued
+      const count = await finishCount();
+      syscallsPerGB = count === null ? null : (count * 1e9) / warmupBytes;
+    }
   }
-  const finishCount = perfWorks ? await countSyscalls(/** @type {number} */ (child.pid)) : null;
+  const finishCount = perfWorks && warmupBytes === 0 ? await countSyscalls(/** @type {number} */ (child.pid)) : null;
   const sender = await startStream(bytes);
   child.stdin.end();
   const code = await exited;
-  const syscalls = finishCount === null ? null : await finishCount();
+  if (finishCount !== null) {
+    const count = await finishCount();
+    syscallsPerGB = count === null ? null : (count * 1e9) / bytes;
+  }
   const sent = await sender.done;
   if (forwardSink !== null && forwardSink.exitCode === null) await once(forwardSink, 'close');
   if (code !== 0) throw new Error(`${receiver.name} exited with ${code}`);
   const report = /** @type {Report} */ (JSON.parse(stdout.trim().split('\n').pop() ?? ''));
-  if (syscalls !== null) report.syscalls = syscalls;
+  // Self-reported counts are the measured stream's.
+  report.syscallsPerGB = syscallsPerGB ?? (report.syscalls === null ? null : (report.syscalls * 1e9) / report.bytes);
   // How busy the sender was while this receiver received: near 100% means the sender,
   // not the receiver, set the throughput.
   report.senderBusyPercent = (100 * (sent.cpuUserMs + sent.cpuSysMs)) / report.elapsedMs;
@@ -204,6 +232,72 @@ async function runOnce(receiver, pass, chunk, consumer) {
 // that works; otherwise receivers that can count their own report those.
 const perfWorks =
   spawnSync('perf', ['stat', '-x', ',', '-e', 'raw_syscalls:sys_enter', 'true'], { encoding: 'utf8' }).status === 0;
+
+const rpsFile = '/sys/class/net/lo/queues/rx-0/rps_cpus';
+/**
+ * Sender and receiver on CPUs of their own, loopback's receive processing on the sender's.
+ * @type {{ on: boolean, receiverCpu: number, why: string, restore: () => void }}
+ */
+const pinning = setUpPinning();
+
+function setUpPinning() {
+  const off = (/** @type {string} */ why) => ({ on: false, receiverCpu: -1, why, restore: () => undefined });
+  if (values.unpinned) return off('unpinned (--unpinned)');
+  if (os.cpus().length < 2) return off('unpinned (one CPU)');
+  if (spawnSync('taskset', ['-V']).status !== 0) return off('unpinned (no taskset: util-linux)');
+  let saved;
+  try {
+    saved = fs.readFileSync(rpsFile, 'utf8').trim();
+    fs.writeFileSync(rpsFile, '1'); // CPU 0
+  } catch (error) {
+    return off(`unpinned (cannot steer loopback with RPS: ${/** @type {Error} */ (error).message})`);
+  }
+  let restored = false;
+  const restore = () => {
+    if (restored) return;
+    restored = true;
+    fs.writeFileSync(rpsFile, saved);
+  };
+  process.on('exit', restore);
+  for (const signal of /** @type {const} */ (['SIGINT', 'SIGTERM', 'SIGHUP'])) {
+    process.once(signal, () => {
+      restore();
+      process.kill(process.pid, signal);
+    });
+  }
+  // This process (and so the senders and sinks it starts) on CPU 0; receivers on CPU 1.
+  const pinned = spawnSync('taskset', ['-a', '-p', '-c', '0', String(process.pid)], { encoding: 'utf8' });
+  if (pinned.status !== 0) {
+    restore();
+    return off(`unpinned (taskset: ${pinned.stderr.trim()})`);
+  }
+  return {
+    on: true,
+    receiverCpu: 1,
+    why: `pinned: sender on CPU 0, receiver on CPU 1, loopback receive processing on CPU 0 (RPS; ${rpsFile} was ${saved})`,
+    restore,
+  };
+}
+
+/** A deterministic shuffle (mulberry32), so a run can be repeated. @param {number} seed */
+function shuffler(seed) {
+  let state = seed >>> 0;
+  const random = () => {
+    state = (state + 0x6d2b79f5) >>> 0;
+    let t = state;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+  return /** @template T @param {T[]} items @returns {T[]} */ (items) => {
+    const out = [...items];
+    for (let i = out.length - 1; i > 0; i--) {
+      const j = Math.floor(random() * (i + 1));
+      [out[i], out[j]] = [out[j], out[i]];
+    }
+    return out;
+  };
+}
 
 /** Starts counting the syscalls of `pid`; resolves the count once it exits. @param {number} pid */
 async function countSyscalls(pid) {
@@ -258,13 +352,14 @@ async function main() {
   const started = Date.now();
   console.error(
     `bench: ${sizeName(bytes)} per transfer${warmupBytes > 0 ? ` (after ${sizeName(warmupBytes)} to warm up)` : ''}, ${reps} repetitions, ${total} transfers; ` +
-      `syscalls ${perfWorks ? 'counted by perf (raw_syscalls:sys_enter)' : 'self-reported where possible (install linux-perf to count all)'}`,
+      `syscalls ${perfWorks ? `counted by perf (raw_syscalls:sys_enter)${warmupBytes > 0 ? ' on the warm-up stream' : ''}` : 'self-reported where possible (install linux-perf to count all)'}; ${pinning.why}`,
   );
+  const shuffle = shuffler(Number(values.seed));
   for (let rep = 1; rep <= reps; rep++) {
     for (const pass of passes) {
       for (const chunk of chunks) {
         for (const consumer of consumers) {
-          for (const receiver of receiversFor(consumer)) {
+          for (const receiver of shuffle(receiversFor(consumer))) {
             const report = await runOnce(receiver, pass, chunk, consumer);
             runs.push({ rep, pass: pass.id, chunk, consumer, receiver: receiver.id, report });
             console.error(
@@ -291,7 +386,7 @@ async function main() {
             .map((x) => x.report);
           const cpu = reports.map(cpuPerGB);
           const speed = reports.map(gbPerSecond);
-          const syscalls = reports.map((r) => r.syscalls).filter((s) => s !== null);
+          const syscalls = reports.map((r) => r.syscallsPerGB).filter((s) => s !== null && s !== undefined);
           rows.push({
             pass: pass.id,
             consumer,
@@ -301,7 +396,7 @@ async function main() {
             cpuMsPerGB: { median: median(cpu), min: Math.min(...cpu), max: Math.max(...cpu) },
             gbPerSecond: { median: median(speed), min: Math.min(...speed), max: Math.max(...speed) },
             mappedPercent: median(reports.map((r) => (100 * r.mappedBytes) / r.bytes)),
-            syscallsPerGB: syscalls.length > 0 ? median(syscalls.map((s) => (s * 1e9) / bytes)) : null,
+            syscallsPerGB: syscalls.length > 0 ? median(/** @type {number[]} */ (syscalls)) : null,
             peakRssMiB: Math.max(...reports.map((r) => r.maxRssKiB / 1024)),
             senderBusyPercent: median(reports.map((r) => r.senderBusyPercent ?? 0)),
             paths: [...new Set(reports.map((r) => r.path).filter((x) => x !== undefined))].join('/'),
@@ -358,7 +453,11 @@ async function main() {
     reps,
     chunks,
     consumers,
-    syscallsCountedBy: perfWorks ? 'perf raw_syscalls:sys_enter, whole receiver process' : 'receivers themselves',
+    syscallsCountedBy: perfWorks
+      ? `perf raw_syscalls:sys_enter, whole receiver process${warmupBytes > 0 ? ', warm-up stream' : ''}`
+      : 'receivers themselves',
+    pinning: pinning.why,
+    seed: Number(values.seed),
     rows,
     targets,
     runs,
@@ -427,7 +526,9 @@ function renderMarkdown(result) {
   const m = result.machine;
   const lines = [
     `Machine: ${m.cpus} x ${m.cpu}, ${m.memoryGiB} GiB, Linux ${m.kernel}, Node ${m.node}. ` +
-      `Date: ${result.date.slice(0, 10)}. ${sizeName(result.bytesPerTransfer)} per transfer${result.warmupBytes > 0 ? ` after a ${sizeName(result.warmupBytes)} warm-up stream per receiver process` : ''}, median of ${result.reps} (min-max); ratios are medians of each repetition's ratio.`,
+      `Date: ${result.date.slice(0, 10)}. ${sizeName(result.bytesPerTransfer)} per transfer${result.warmupBytes > 0 ? ` after a ${sizeName(result.warmupBytes)} warm-up stream per receiver process` : ''}, median of ${result.reps} (min-max); ratios are medians of each repetition's ratio. ` +
+      `${result.pinning === undefined ? '' : `${result.pinning[0].toUpperCase()}${result.pinning.slice(1)}. `}` +
+      `Syscalls/GB: ${result.syscallsCountedBy}.`,
     '',
   ];
   const consumerNames = {
