@@ -22,19 +22,18 @@ export interface AutoPathOptions {
   windowBytes?: number;
   /** Windows' worth of bytes on the chosen path between two re-checks (default 128). */
   recheckEvery?: number;
-  /**
-   * Deliveries ignored after each switch before a window starts: chunks read ahead on
-   * the old path are still being consumed (default 3).
-   */
-  settleEvents?: number;
   /** CPU time now, in nanoseconds (the process's, all threads, in the package). */
   cpuNs: () => number;
 }
 
 /** One receiver's part in an AutoPath. */
 export interface AutoPathMember {
-  /** One delivery of `bytes`, `mappedBytes` of them over mapped pages. */
-  delivered(bytes: number, mappedBytes: number): void;
+  /**
+   * One delivery of `bytes`, `mappedBytes` of them over mapped pages. `fresh`: received
+   * on the path this member is on now (false for chunks read ahead before the last
+   * switch, which measure the old path).
+   */
+  delivered(bytes: number, mappedBytes: number, fresh?: boolean): void;
   /** The receiver is done: it no longer follows or feeds the measurement. */
   leave(): void;
   /** The path this receiver is on now. */
@@ -80,7 +79,6 @@ interface Totals {
 export class AutoPath {
   readonly #windowBytes: number;
   readonly #recheckEvery: number;
-  readonly #settleEvents: number;
   readonly #cpuNs: () => number;
   readonly #members = new Set<Member>();
 
@@ -89,7 +87,8 @@ export class AutoPath {
   #plan: Window[] = [{ path: 'zerocopy', measured: false }, ...alternate('zerocopy', FIRST_PAIRS)];
   // This round's windows, µs per MB each.
   #round: Record<ReceivePath, number[]> = { zerocopy: [], copy: [] };
-  #skip = 0;
+  // After a switch: the window starts at the first chunk received on the new path.
+  #awaitingFresh = false;
   #windowStartNs = 0;
   #window: Totals = emptyTotals();
   #settledBytes = 0;
@@ -100,7 +99,6 @@ export class AutoPath {
   constructor(options: AutoPathOptions) {
     this.#windowBytes = options.windowBytes ?? 8 * 1024 * 1024;
     this.#recheckEvery = options.recheckEvery ?? 128;
-    this.#settleEvents = options.settleEvents ?? 3;
     this.#cpuNs = options.cpuNs;
     this.#windowStartNs = this.#cpuNs();
   }
@@ -137,13 +135,7 @@ export class AutoPath {
       this.#window = emptyTotals();
       this.#windowStartNs = this.#cpuNs();
     }
-    const member = new Member(
-      this,
-      setPath,
-      this.#windowBytes,
-      this.#recheckEvery * this.#windowBytes,
-      this.#settleEvents,
-    );
+    const member = new Member(this, setPath, this.#windowBytes, this.#recheckEvery * this.#windowBytes);
     this.#members.add(member);
     if (this.#path !== 'zerocopy') setPath(this.#path);
     return member;
@@ -155,8 +147,9 @@ export class AutoPath {
   }
 
   /**
-   * @internal A delivery of a member that follows the group (members copying on their own
-   * are known unmappable: their bytes would pass for mapping in a zero-copy window).
+   * @internal A delivery of a member that follows the group, received on the group's
+   * current path (members copying on their own are known unmappable: their bytes would
+   * pass for mapping in a zero-copy window).
    */
   delivered(bytes: number, mappedBytes: number): void {
     if (bytes <= 0) return;
@@ -167,9 +160,11 @@ export class AutoPath {
       if (this.#settledBytes >= this.#recheckEvery * this.#windowBytes) this.#startRecheck();
       return;
     }
-    if (this.#skip > 0) {
-      this.#skip--;
-      if (this.#skip === 0) this.#windowStartNs = this.#cpuNs();
+    if (this.#awaitingFresh) {
+      // The first chunk on the new path: its receive cost went before, so it marks the
+      // window's start rather than count in it.
+      this.#awaitingFresh = false;
+      this.#windowStartNs = this.#cpuNs();
       return;
     }
     this.#window.bytes += bytes;
@@ -242,7 +237,7 @@ export class AutoPath {
       `(consumer included; ${(theirs / mine).toFixed(2)}x), re-checked every ` +
       `${Math.round((this.#recheckEvery * this.#windowBytes) / 2 ** 20)} MiB`;
     this.#plan = [];
-    this.#skip = 0;
+    this.#awaitingFresh = false;
     this.#settledBytes = 0;
     this.#window = emptyTotals();
     this.#switchTo(path);
@@ -253,20 +248,20 @@ export class AutoPath {
     this.#plan = alternate(this.#chosen, RECHECK_PAIRS);
     this.#round = { zerocopy: [], copy: [] };
     this.#window = emptyTotals();
-    this.#skip = 0;
+    this.#awaitingFresh = false;
     this.#windowStartNs = this.#cpuNs();
   }
 
   #enter(window: Window | undefined): void {
     if (window === undefined) return;
     if (window.path !== this.#path) {
+      // Chunks read ahead on the old path are still to be consumed: members leave them
+      // out (not fresh), and the window starts with the first one on the new path.
       this.#switchTo(window.path);
-      // Each following receiver still has chunks read ahead on the old path.
-      let following = 0;
-      for (const member of this.#members) if (member.following) following++;
-      this.#skip = this.#settleEvents * Math.max(1, following);
+      this.#awaitingFresh = true;
+    } else {
+      this.#windowStartNs = this.#cpuNs();
     }
-    if (this.#skip === 0) this.#windowStartNs = this.#cpuNs();
   }
 
   #switchTo(path: ReceivePath): void {
@@ -288,23 +283,14 @@ class Member implements AutoPathMember {
   // Its own stream's mappability, judged over its first `probeBytes` on zero-copy.
   #zerocopyBytes = 0;
   #zerocopyMapped = 0;
-  #probeSkip = 0;
   #ownDecision: string | null = null; // set while it copies on its own
   #ownBytes = 0;
-  readonly #settleEvents: number;
 
-  constructor(
-    group: AutoPath,
-    setPath: (path: ReceivePath) => void,
-    probeBytes: number,
-    recheckBytes: number,
-    settleEvents: number,
-  ) {
+  constructor(group: AutoPath, setPath: (path: ReceivePath) => void, probeBytes: number, recheckBytes: number) {
     this.#group = group;
     this.#setPath = setPath;
     this.#probeBytes = probeBytes;
     this.#recheckBytes = recheckBytes;
-    this.#settleEvents = settleEvents;
   }
 
   get following(): boolean {
@@ -323,7 +309,7 @@ class Member implements AutoPathMember {
     return this.#final?.cost ?? this.#group.cost;
   }
 
-  delivered(bytes: number, mappedBytes: number): void {
+  delivered(bytes: number, mappedBytes: number, fresh = true): void {
     if (this.#left || bytes <= 0) return;
     if (!this.following) {
       // Looked at again now and then: the path to the peer may have changed.
@@ -336,9 +322,10 @@ class Member implements AutoPathMember {
       }
       return;
     }
-    if (this.#probeSkip > 0) {
-      this.#probeSkip--; // chunks read ahead on the copy path
-    } else if (this.#group.path === 'zerocopy' && this.#zerocopyBytes < this.#probeBytes) {
+    // Read ahead before the last switch: neither a probe of this stream's mappability nor
+    // a measurement of the path it is on now.
+    if (!fresh) return;
+    if (this.#group.path === 'zerocopy' && this.#zerocopyBytes < this.#probeBytes) {
       this.#zerocopyBytes += bytes;
       this.#zerocopyMapped += mappedBytes;
       if (this.#zerocopyBytes >= this.#probeBytes && this.#zerocopyMapped < MIN_MAPPED_SHARE * this.#zerocopyBytes) {
@@ -363,7 +350,6 @@ class Member implements AutoPathMember {
   groupSwitched(path: ReceivePath): void {
     if (!this.following) return;
     this.#setPath(path);
-    if (path === 'zerocopy') this.#probeSkip = this.#settleEvents;
   }
 }
 

@@ -266,6 +266,8 @@ export class Receiver implements ZeroCopyReceiver {
 
   readonly #waitsForPool: boolean;
   readonly #auto: AutoPathMember | null = null;
+  // Auto mode: how many chunks at the head of the queue came before the last path switch.
+  #staleAhead = 0;
   readonly #autoUnavailable: string | null;
 
   constructor(socket: net.Socket, makeSource: (onEvent: NativeEventHandler) => ChunkSource, options: ReceiverOptions) {
@@ -275,7 +277,11 @@ export class Receiver implements ZeroCopyReceiver {
     this.#autoUnavailable = options.autoUnavailable ?? null;
     if (options.autoPath !== undefined && this.#source.setCopying !== undefined) {
       const source = this.#source;
-      this.#auto = options.autoPath.join((path) => source.setCopying?.(path === 'copy'));
+      this.#auto = options.autoPath.join((path) => {
+        source.setCopying?.(path === 'copy');
+        // What is queued now was received on the old path.
+        this.#staleAhead = this.#queue.length;
+      });
     }
     this.#lifecycle = options.lifecycle(socket);
     socket.once('close', this.#onSocketClose);
@@ -565,7 +571,9 @@ export class Receiver implements ZeroCopyReceiver {
       // window sees is the consumer's work on the chunks before, and chunks queued ahead
       // would put a whole window of the old path's work into the next one (a file writer
       // at 4 MiB chunks measured mapping 6-9x cheaper than copying, the other way round).
-      this.#auto?.delivered(chunk.data.length, chunk.mapped ? chunk.data.length : 0);
+      const fresh = this.#staleAhead === 0;
+      if (!fresh) this.#staleAhead--;
+      this.#auto?.delivered(chunk.data.length, chunk.mapped ? chunk.data.length : 0, fresh);
       return chunk;
     }
     const error = this.#error;
@@ -629,6 +637,7 @@ export class Receiver implements ZeroCopyReceiver {
    */
   #stop(reason: Error | null): void {
     for (const chunk of this.#queue.splice(0)) chunk.release();
+    this.#staleAhead = 0;
     if (this.#endTaken) return; // the reader already had its end: nothing more to tell it
     this.#endTaken = true; // no 'end' for the socket: the reader did not read to it
     this.#stopWatchingSignal();

@@ -1,8 +1,11 @@
 import { describe, expect, it } from 'vitest';
 
 import { AutoPath, autoPathFor, type ReceivePath } from '../src/auto-path';
+import type { NativeEventHandler, NativeReceiverStats } from '../src/binding';
 import { attach, probe, type Chunk } from '../src/index';
-import { drain, loopbackFixture, MiB } from './helpers';
+import { Receiver, type ChunkSource } from '../src/receiver';
+import { copySocketLifecycle } from '../src/socket-lifecycle';
+import { connectPaused, drain, listen, loopbackFixture, MiB } from './helpers';
 
 // The decision logic, over an injected CPU clock: deterministic, whatever this host's
 // kernel and hypervisor make of mapping and copying.
@@ -10,7 +13,7 @@ describe('AutoPath (the decision, with an injected cost source)', () => {
   const WINDOW = 1000;
 
   function group(clock: () => number): AutoPath {
-    return new AutoPath({ windowBytes: WINDOW, recheckEvery: 20, settleEvents: 2, cpuNs: clock });
+    return new AutoPath({ windowBytes: WINDOW, recheckEvery: 20, cpuNs: clock });
   }
 
   /** Feeds `bytes` in deliveries of 100 while the clock charges `cost(path)` µs per MB (ns per 1000 bytes). */
@@ -61,6 +64,27 @@ describe('AutoPath (the decision, with an injected cost source)', () => {
     expect(auto.cost.copy).toBeCloseTo(110, 6);
   });
 
+  it('chunks read ahead on the old path count neither for the new window nor for the probe', () => {
+    let clock = 0;
+    const auto = group(() => clock);
+    let stale = 0; // chunks queued when the path switched
+    const member = auto.join(() => (stale = 3));
+    for (let i = 0; auto.checks === 0 && i < 400; i++) {
+      const fresh = stale === 0;
+      if (!fresh) stale--;
+      // Stale chunks cost what the old path costs, and look like it (copies in a zero-copy
+      // window): counted, they would make the paths look alike and the probe unmappable.
+      const path: ReceivePath = fresh ? member.path : member.path === 'copy' ? 'zerocopy' : 'copy';
+      clock += (100 * (path === 'copy' ? 100 : 300)) / 1000;
+      member.delivered(100, path === 'zerocopy' ? 100 : 0, fresh);
+    }
+    expect(auto.checks).toBe(1);
+    expect(auto.cost.copy).toBeCloseTo(100, 6);
+    expect(auto.cost.zerocopy).toBeCloseTo(300, 6);
+    expect(member.path).toBe('copy');
+    expect(member.decision).toMatch(/^copy: copying measured 100 µs/);
+  });
+
   it('a stream under half mappable copies on its own after its first window', () => {
     const auto = group(() => 0);
     const paths: ReceivePath[] = [];
@@ -96,6 +120,9 @@ describe('AutoPath (the decision, with an injected cost source)', () => {
     expect(auto.checks).toBe(1);
     expect(auto.path).toBe('zerocopy');
     expect(mappable.path).toBe('zerocopy');
+    // The plain peer looks again now and then (its path may have changed), and goes back
+    // to copying within one probe window.
+    for (let i = 0; plain.path !== 'copy' && i < 20; i++) plain.delivered(100, 0);
     expect(plain.path).toBe('copy');
   });
 
@@ -209,6 +236,54 @@ describe('AutoPath (the decision, with an injected cost source)', () => {
     }
     expect(auto.path).toBe('zerocopy');
     expect(auto.cost.zerocopy).toBeCloseTo(100, 6);
+  });
+});
+
+describe('a receiver in auto mode (scripted source, injected clock)', () => {
+  it('tells the group which chunks were read ahead before a switch', async () => {
+    const { server, port, accepted } = await listen();
+    const client = await connectPaused(port);
+    const socket = await accepted;
+    let clock = 0;
+    const auto = new AutoPath({ windowBytes: 1000, recheckEvery: 1000, cpuNs: () => clock });
+    const switches: boolean[] = [];
+    let push: NativeEventHandler = () => undefined;
+    const source: ChunkSource = {
+      start: () => undefined,
+      stop: () => undefined,
+      close: () => undefined,
+      stats: () => ({ zerocopy: switches.at(-1) !== true, fallbackReason: null }) as NativeReceiverStats,
+      setCopying: (copying) => switches.push(copying),
+    };
+    const receiver = new Receiver(
+      socket,
+      (onEvent) => {
+        push = onEvent;
+        return source;
+      },
+      { lifecycle: copySocketLifecycle, autoPath: auto },
+    );
+    // Two chunks per wake-up on the source's current path; the consumer's work on a chunk
+    // costs 100 µs per MB copied, 300 mapped. The second chunk of a pair is often still
+    // queued when reading the first one switches the path.
+    for (let i = 0; auto.checks === 0 && i < 500; i++) {
+      const mapped = switches.at(-1) !== true;
+      push(Buffer.alloc(100), Buffer.alloc(100), mapped ? 3 : 0, null, false);
+      for (let k = 0; k < 2; k++) {
+        const chunk = (await receiver.read()) as Chunk;
+        clock += (chunk.data.length * (chunk.mapped ? 300 : 100)) / 1000;
+      }
+    }
+    expect(auto.checks).toBe(1);
+    expect(switches.length).toBeGreaterThanOrEqual(2);
+    // Counted in the new path's window, a chunk of the old path would blur both figures.
+    expect(auto.cost.copy).toBeCloseTo(100, 6);
+    expect(auto.cost.zerocopy).toBeCloseTo(300, 6);
+    expect(switches.at(-1)).toBe(true);
+    receiver.close();
+    client.destroy();
+    socket.destroy();
+    server.close();
   });
 });
 
