@@ -20,7 +20,12 @@ export interface MeasuredCost {
 export interface AutoPathOptions {
   /** Bytes per measurement window (default 8 MiB). */
   windowBytes?: number;
-  /** Windows' worth of bytes on the chosen path between two re-checks (default 128). */
+  /**
+   * Windows' worth of bytes on the chosen path between two re-checks when the paths
+   * measured within 25% of each other (default 128). The clearer the choice, the rarer the
+   * re-check (up to 16 times as far apart): a re-check runs the dearer path for a while,
+   * and that costs in proportion to how much dearer it is.
+   */
   recheckEvery?: number;
   /** CPU time now, in nanoseconds (the process's, all threads, in the package). */
   cpuNs: () => number;
@@ -54,6 +59,14 @@ const EARLY_PAIRS = 2;
 const CLEAR_RATIO = 1.5;
 /** A re-check switches only when the other path is cheaper by more than this. */
 const SWITCH_MARGIN = 0.05;
+/**
+ * Re-check distance: recheckEvery windows, times (ratio - 1) * RECHECK_STRETCH, within
+ * [1, MAX_RECHECK_STRETCH]. The dearer path's windows in a re-check cost about (ratio - 1)
+ * windows' worth of extra CPU, so this keeps re-checking near 0.5% of the CPU at any ratio
+ * up to 5x (at the default 8 MiB windows, every 1 GiB up to 1.25x, every 16 GiB from 5x).
+ */
+const RECHECK_STRETCH = 4;
+const MAX_RECHECK_STRETCH = 16;
 
 interface Window {
   path: ReceivePath;
@@ -71,7 +84,8 @@ interface Totals {
  * Chooses the path by measurement: runs a window of mapping and one of copying (after a
  * zero-copy warm-up), compares the process's CPU time per byte delivered (the consumers'
  * work included, also what they hand to the threadpool, such as file writes), settles on
- * the cheaper, and measures both again every `recheckEvery` windows' worth of bytes. Every
+ * the cheaper, and measures both again after `recheckEvery` windows' worth of bytes (further
+ * apart the clearer the choice). Every
  * member follows the path under measurement or chosen, so the thread's receivers spend
  * their CPU on one path at a time; a member whose own stream cannot be
  * mapped (a plain sender, a NIC without header split) copies on its own.
@@ -92,6 +106,7 @@ export class AutoPath {
   #windowStartNs = 0;
   #window: Totals = emptyTotals();
   #settledBytes = 0;
+  #recheckBytes: number;
   #decision = 'measuring: zero-copy warm-up window';
   #cost: MeasuredCost = { zerocopy: null, copy: null };
   #checks = 0;
@@ -99,6 +114,7 @@ export class AutoPath {
   constructor(options: AutoPathOptions) {
     this.#windowBytes = options.windowBytes ?? 8 * 1024 * 1024;
     this.#recheckEvery = options.recheckEvery ?? 128;
+    this.#recheckBytes = this.#recheckEvery * this.#windowBytes;
     this.#cpuNs = options.cpuNs;
     this.#windowStartNs = this.#cpuNs();
   }
@@ -157,7 +173,7 @@ export class AutoPath {
     if (current === undefined) {
       // Settled: count towards the next re-check.
       this.#settledBytes += bytes;
-      if (this.#settledBytes >= this.#recheckEvery * this.#windowBytes) this.#startRecheck();
+      if (this.#settledBytes >= this.#recheckBytes) this.#startRecheck();
       return;
     }
     if (this.#awaitingFresh) {
@@ -230,12 +246,15 @@ export class AutoPath {
     const cheaper = path === 'zerocopy' ? 'mapping' : 'copying';
     const dearer = path === 'zerocopy' ? 'copying' : 'mapping';
     const [mine, theirs] = path === 'zerocopy' ? [zerocopy, copy] : [copy, zerocopy];
+    const ratio = theirs / mine;
+    const stretch = Number.isNaN(ratio) ? 1 : Math.min(MAX_RECHECK_STRETCH, Math.max(1, (ratio - 1) * RECHECK_STRETCH));
+    this.#recheckBytes = Math.round(stretch * this.#recheckEvery * this.#windowBytes);
     this.#checks++;
     this.#chosen = path;
     this.#decision =
       `${path}: ${cheaper} measured ${fmt(mine)} µs of CPU per MB, ${dearer} ${fmt(theirs)} ` +
-      `(consumer included; ${(theirs / mine).toFixed(2)}x), re-checked every ` +
-      `${Math.round((this.#recheckEvery * this.#windowBytes) / 2 ** 20)} MiB`;
+      `(consumer included; ${ratio.toFixed(2)}x), re-checked every ` +
+      `${Math.round(this.#recheckBytes / 2 ** 20)} MiB`;
     this.#plan = [];
     this.#awaitingFresh = false;
     this.#settledBytes = 0;

@@ -161,16 +161,42 @@ describe('AutoPath (the decision, with an injected cost source)', () => {
     // Copying is cheaper at first; from delivery 400 on, mapping is.
     const { auto } = run(
       (path, i) => (i < 400 ? (path === 'copy' ? 100 : 250) : path === 'copy' ? 250 : 100),
-      80 * WINDOW,
+      200 * WINDOW,
     );
     expect(auto.checks).toBeGreaterThanOrEqual(2);
     expect(auto.path).toBe('zerocopy');
   });
 
+  it('re-checks the further apart the clearer the choice (its cost grows with the ratio)', () => {
+    const checksOver = (dearer: number): number =>
+      run((path) => (path === 'copy' ? 100 : dearer), 2000 * WINDOW).auto.checks;
+    // recheckEvery 20 windows: within 25%, every 20; at 2x, every 80; from 5x, every 320.
+    const close = checksOver(110);
+    const twice = checksOver(200);
+    const far = checksOver(1000);
+    expect(close).toBeGreaterThan(2 * twice);
+    expect(twice).toBeGreaterThan(2 * far);
+    expect(far).toBeGreaterThanOrEqual(2);
+    // And says so, at the default 128 windows of 8 MiB.
+    const decisionAt = (dearer: number): string => {
+      let clock = 0;
+      const auto = new AutoPath({ cpuNs: () => clock });
+      const member = auto.join(() => undefined);
+      for (let i = 0; auto.checks === 0 && i < 1000; i++) {
+        clock += member.path === 'copy' ? 100 : dearer; // per MB
+        member.delivered(1e6, member.path === 'zerocopy' ? 1e6 : 0);
+      }
+      return auto.decision;
+    };
+    expect(decisionAt(110)).toMatch(/1\.10x\), re-checked every 1024 MiB$/);
+    expect(decisionAt(200)).toMatch(/2\.00x\), re-checked every 4096 MiB$/);
+    expect(decisionAt(1000)).toMatch(/10\.00x\), re-checked every 16384 MiB$/);
+  });
+
   it('a re-check keeps the path when the other is not cheaper by more than 5%', () => {
     const { auto } = run(
       (path, i) => (i < 200 ? (path === 'copy' ? 100 : 200) : path === 'copy' ? 100 : 97),
-      80 * WINDOW,
+      200 * WINDOW,
     );
     expect(auto.checks).toBeGreaterThanOrEqual(2);
     expect(auto.path).toBe('copy');
