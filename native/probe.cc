@@ -21,10 +21,13 @@ std::string Describe(const char* what, int err) { return std::string(what) + ": 
 void Probe(KernelFeatures* out) {
   struct utsname uts;
   if (uname(&uts) == 0) out->kernel = uts.release;
+#if defined(__x86_64__)
+  // mm/pt_reclaim.c, 6.14: x86-64 only so far.
   int major = 0, minor = 0;
   if (std::sscanf(out->kernel.c_str(), "%d.%d", &major, &minor) == 2) {
     out->madvise_frees_page_tables = major > 6 || (major == 6 && minor >= 14);
   }
+#endif
   // Slots, alignment and the copybuf size assume 4 KiB pages (arm64 may run 16 or 64 KiB).
   long page_size = sysconf(_SC_PAGESIZE);
   if (page_size != static_cast<long>(kPageSize)) {

@@ -17,7 +17,8 @@ struct KernelFeatures {
   bool tlb_clean_hint = false;
   bool rx_timestamps = false;  // msg_control fields (5.12)
   // madvise(MADV_DONTNEED) over a whole 2 MiB-aligned block also frees its page table
-  // (6.14+, CONFIG_PT_RECLAIM), which the next receive into it must allocate again.
+  // (x86-64, 6.14+, CONFIG_PT_RECLAIM), which the next receive into it must allocate
+  // again. From the version: the config option cannot be read from here.
   bool madvise_frees_page_tables = false;
 };
 
