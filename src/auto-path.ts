@@ -163,6 +163,18 @@ export class AutoPath {
   }
 
   /**
+   * @internal A member consumed a chunk it had read ahead on the old path. Another member
+   * may already have started the window on the new path: the consumer's work on this
+   * chunk would land in it, so the window starts again after it. (A switch leaves a few
+   * such chunks per member; one that is never consumed costs nothing.)
+   */
+  staleDelivered(): void {
+    if (this.#plan.length === 0 || this.#awaitingFresh) return;
+    this.#window = emptyTotals();
+    this.#awaitingFresh = true;
+  }
+
+  /**
    * @internal A delivery of a member that follows the group, received on the group's
    * current path (members copying on their own are known unmappable: their bytes would
    * pass for mapping in a zero-copy window).
@@ -243,17 +255,19 @@ export class AutoPath {
     } else {
       path = zerocopy <= copy ? 'zerocopy' : 'copy';
     }
-    const cheaper = path === 'zerocopy' ? 'mapping' : 'copying';
-    const dearer = path === 'zerocopy' ? 'copying' : 'mapping';
+    const chosenWay = path === 'zerocopy' ? 'mapping' : 'copying';
+    const otherWay = path === 'zerocopy' ? 'copying' : 'mapping';
     const [mine, theirs] = path === 'zerocopy' ? [zerocopy, copy] : [copy, zerocopy];
     const ratio = theirs / mine;
     const stretch = Number.isNaN(ratio) ? 1 : Math.min(MAX_RECHECK_STRETCH, Math.max(1, (ratio - 1) * RECHECK_STRETCH));
     this.#recheckBytes = Math.round(stretch * this.#recheckEvery * this.#windowBytes);
     this.#checks++;
     this.#chosen = path;
+    // A re-check keeps a path that measured up to SWITCH_MARGIN dearer: said as such.
+    const comparison = ratio >= 1 || Number.isNaN(ratio) ? `${ratio.toFixed(2)}x` : 'kept: within 5%';
     this.#decision =
-      `${path}: ${cheaper} measured ${fmt(mine)} µs of CPU per MB, ${dearer} ${fmt(theirs)} ` +
-      `(consumer included; ${ratio.toFixed(2)}x), re-checked every ` +
+      `${path}: ${chosenWay} measured ${fmt(mine)} µs of CPU per MB, ${otherWay} ${fmt(theirs)} ` +
+      `(consumer included; ${comparison}), re-checked every ` +
       `${Math.round(this.#recheckBytes / 2 ** 20)} MiB`;
     this.#plan = [];
     this.#awaitingFresh = false;
@@ -343,7 +357,10 @@ class Member implements AutoPathMember {
     }
     // Read ahead before the last switch: neither a probe of this stream's mappability nor
     // a measurement of the path it is on now.
-    if (!fresh) return;
+    if (!fresh) {
+      this.#group.staleDelivered();
+      return;
+    }
     if (this.#group.path === 'zerocopy' && this.#zerocopyBytes < this.#probeBytes) {
       this.#zerocopyBytes += bytes;
       this.#zerocopyMapped += mappedBytes;

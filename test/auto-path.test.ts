@@ -85,6 +85,26 @@ describe('AutoPath (the decision, with an injected cost source)', () => {
     expect(member.decision).toMatch(/^copy: copying measured 100 µs/);
   });
 
+  it('with several receivers, one still consuming old-path chunks restarts the window', () => {
+    let clock = 0;
+    const auto = group(() => clock);
+    // Member 0 keeps up (nothing queued at a switch); the others have three chunks queued.
+    const stale = [0, 0, 0, 0];
+    const members = stale.map((_, m) => auto.join(() => (stale[m] = m === 0 ? 0 : 3)));
+    for (let i = 0; auto.checks === 0 && i < 4000; i++) {
+      const m = i % members.length;
+      const member = members[m];
+      const fresh = stale[m] === 0;
+      if (!fresh) stale[m]--;
+      const path: ReceivePath = fresh ? member.path : member.path === 'copy' ? 'zerocopy' : 'copy';
+      clock += (100 * (path === 'copy' ? 100 : 300)) / 1000;
+      member.delivered(100, path === 'zerocopy' ? 100 : 0, fresh);
+    }
+    expect(auto.checks).toBe(1);
+    expect(auto.cost.copy).toBeCloseTo(100, 6);
+    expect(auto.cost.zerocopy).toBeCloseTo(300, 6);
+  });
+
   it('a stream under half mappable copies on its own after its first window', () => {
     const auto = group(() => 0);
     const paths: ReceivePath[] = [];
@@ -200,6 +220,9 @@ describe('AutoPath (the decision, with an injected cost source)', () => {
     );
     expect(auto.checks).toBeGreaterThanOrEqual(2);
     expect(auto.path).toBe('copy');
+    expect(auto.decision).toMatch(
+      /^copy: copying measured 100 µs of CPU per MB, mapping 97 \(consumer included; kept: within 5%\)/,
+    );
   });
 
   it('a later receiver starts on the path the group chose, without measuring again', () => {
