@@ -8,7 +8,7 @@
 //
 //   node bench/receiver.js --kind zerocopy|copy|auto|net-data|net-onread --chunk BYTES
 //                          [--consumer lines|none|sha256|file|forward] [--streams N]
-//                          [--port P] [--forward-to PORT]
+//                          [--port P] [--forward-to PORT] [--file PATH]
 //
 // --streams N: receive N connections one after the other and report only the last; the
 // ones before warm the process up (JIT, pool, page tables) as a long-running server is
@@ -16,8 +16,9 @@
 //
 // Consumers: 'lines' reads one byte of every 64-byte line; 'none' reads nothing (the
 // receive path's own cost); 'sha256' hashes every chunk with node:crypto; 'file' writes
-// the stream to a file in the OS temp dir (deleted afterwards); 'forward' sends it on to
-// another socket (--forward-to: a sink in another process).
+// the stream to a file in the OS temp dir (deleted afterwards), or with --file over an
+// existing file from its start (kept); 'forward' sends it on to another socket
+// (--forward-to: a sink in another process).
 'use strict';
 const crypto = require('node:crypto');
 const fs = require('node:fs');
@@ -36,6 +37,7 @@ const { values } = parseArgs({
     port: { type: 'string', default: '0' },
     consumer: { type: 'string', default: 'lines' },
     'forward-to': { type: 'string' },
+    file: { type: 'string' },
     streams: { type: 'string', default: '1' },
     // Kept for bench/profile.sh: the same as --consumer none.
     'no-touch': { type: 'boolean', default: false },
@@ -219,9 +221,13 @@ function connectOnread(port, buffer) {
 
 async function main() {
   if (consumer === 'file') {
-    filePath = path.join(os.tmpdir(), `tcpzc-bench-${process.pid}.out`);
-    if (kind === 'net-onread') fileFd = fs.openSync(filePath, 'w');
-    else sink = fs.createWriteStream(filePath);
+    // --file: overwrite in place (the page cache it has stays), and leave it.
+    const given = values.file;
+    if (given === undefined) filePath = path.join(os.tmpdir(), `tcpzc-bench-${process.pid}.out`);
+    const target = given ?? /** @type {string} */ (filePath);
+    const flags = given === undefined ? 'w' : 'r+';
+    if (kind === 'net-onread') fileFd = fs.openSync(target, flags);
+    else sink = fs.createWriteStream(target, { flags });
   } else if (consumer === 'forward') {
     const socket = net.connect({ port: Number(values['forward-to']), host: '127.0.0.1' });
     await once(socket, 'connect');

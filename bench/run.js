@@ -9,16 +9,22 @@
 // 4108, then a plain-send() pass. Each receiver hands what it gets to a consumer: 'lines'
 // reads one byte of every 64-byte line, 'none' reads nothing (the receive path alone),
 // 'sha256' hashes every chunk, 'file' writes to a file, 'forward' sends it on to a socket
-// (a C sink in another process). Chunk sizes 64K..4M, repetitions interleaved, medians
+// (a C sink in another process). The file is one that this run writes in full first and
+// every receiver overwrites from its start: a new file's page cache comes from freshly
+// allocated memory, which on a VM with free page reporting (virtio-balloon; this
+// project's VM) may have been handed back to the host and costs a host fault per block
+// on first touch. That moved the file rows 5-10x from run to run, for both modes alike. Chunk sizes 64K..4M, repetitions interleaved, medians
 // reported with min-max. Each receiver process first takes one unmeasured warm-up stream
-// (--warmup, default 64M; 0 for none), so the figures are a running server's, not its
-// start-up's (JIT, first page tables). Syscalls are counted (perf) during that warm-up
-// stream, so the tracepoint's cost is not in the measured one. Writes
-// bench/results/<date>.json, .md and .svg.
+// (--warmup, default 128M; 0 for none), so the figures are a running server's, not its
+// start-up's (JIT, first page tables, and auto mode's first measurement, which a server
+// makes once per thread and group: up to about 100 MiB at 4 MiB chunks). Syscalls are
+// counted (perf) during that warm-up stream, so the tracepoint's cost is not in the
+// measured one; the count includes the connection's set-up and, for auto mode, its
+// measuring windows on both paths. Writes bench/results/<date>.json, .md and .svg.
 //
-// Pinned (unless --unpinned, or not root, or one CPU): the sender (and the forward sink) run
-// on CPU 0 and each receiver on CPU 1, and loopback's receive processing is steered to CPU
-// 0 with RPS (/sys/class/net/lo/queues/rx-0/rps_cpus, restored on exit). On loopback the
+// Pinned (unless --unpinned, or not root, or one CPU allowed): the sender (and the forward
+// sink) run on the first allowed CPU and each receiver on the second, and loopback's receive
+// processing is steered to the first with RPS (/sys/class/net/lo/queues/rx-0/rps_cpus, restored on exit). On loopback the
 // kernel otherwise does TCP receive work (and even the sender's transmits, from ACKs) in
 // whichever process happens to run, which moved the receivers' CPU figures by 20-40%
 // between runs; with a NIC that work is the interrupt's, not the receiver's.
@@ -27,7 +33,7 @@
 //
 //   npm run bench [-- --quick] [--reps N] [--bytes 1G] [--chunks 64K,256K,1M,4M] [--only a,e]
 //                 [--consumers lines,none,sha256,file,forward] [--passes zerocopy,plain]
-//                 [--warmup 64M] [--unpinned] [--seed N]
+//                 [--warmup 128M] [--unpinned] [--seed N]
 'use strict';
 const { spawn, spawnSync } = require('node:child_process');
 const { once } = require('node:events');
@@ -90,7 +96,7 @@ const { values } = parseArgs({
     only: { type: 'string' },
     consumers: { type: 'string', default: 'lines,none,sha256,file,forward' },
     passes: { type: 'string', default: 'zerocopy,plain' },
-    warmup: { type: 'string', default: '64M' },
+    warmup: { type: 'string', default: '128M' },
     unpinned: { type: 'boolean', default: false },
     seed: { type: 'string', default: '1' },
     out: { type: 'string', default: path.join(root, 'bench', 'results') },
@@ -166,6 +172,7 @@ async function runOnce(receiver, pass, chunk, consumer) {
     );
     baseArgs.push('--forward-to', String(/\{"port":(\d+)\}/.exec(line.toString())?.[1]));
   }
+  if (consumer === 'file' && receiver.bin === undefined) baseArgs.push('--file', prefilledFile());
   const streams = warmupBytes > 0 ? 2 : 1;
   const stdio = /** @type {const} */ (['pipe', 'pipe', 'inherit']);
   const args = [...baseArgs, '--chunk', String(chunk), '--streams', String(streams), '--port', '0'];
@@ -182,7 +189,14 @@ async function runOnce(receiver, pass, chunk, consumer) {
     if (/\{"(port|ready)":/.test(stdout)) onReady(stdout);
   });
   const exited = new Promise((resolve) => child.on('close', resolve));
-  const firstLine = /** @type {string} */ (await ready);
+  const firstLine = /** @type {string} */ (
+    await Promise.race([
+      ready,
+      exited.then((code) => {
+        throw new Error(`${receiver.name} exited with ${String(code)} before it was ready`);
+      }),
+    ])
+  );
   const listeningPort = Number(/\{"port":(\d+)\}/.exec(firstLine)?.[1]);
   /** One stream from a sender to the receiver (which connects to it, or it to the receiver). @param {number} streamBytes */
   const startStream = async (streamBytes) => {
@@ -233,6 +247,35 @@ async function runOnce(receiver, pass, chunk, consumer) {
 const perfWorks =
   spawnSync('perf', ['stat', '-x', ',', '-e', 'raw_syscalls:sys_enter', 'true'], { encoding: 'utf8' }).status === 0;
 
+/** What this run changed outside itself, undone at exit, also on a signal. @type {(() => void)[]} */
+const undoAtExit = [];
+const undoAll = () => {
+  for (const undo of undoAtExit.splice(0).reverse()) undo();
+};
+process.on('exit', undoAll);
+for (const signal of /** @type {const} */ (['SIGINT', 'SIGTERM', 'SIGHUP'])) {
+  process.once(signal, () => {
+    undoAll();
+    process.kill(process.pid, signal);
+  });
+}
+
+/** @type {string | null} */
+let fileForConsumer = null;
+/** The file the 'file' consumer overwrites: written in full once, removed on exit. */
+function prefilledFile() {
+  if (fileForConsumer !== null) return fileForConsumer;
+  const file = path.join(os.tmpdir(), `tcpzc-bench-file-${process.pid}.out`);
+  undoAtExit.push(() => fs.rmSync(file, { force: true }));
+  const fd = fs.openSync(file, 'w');
+  const piece = Buffer.alloc(8 << 20);
+  for (let written = 0; written < warmupBytes + bytes; written += piece.length) fs.writeSync(fd, piece);
+  fs.fsyncSync(fd);
+  fs.closeSync(fd);
+  fileForConsumer = file;
+  return file;
+}
+
 const rpsFile = '/sys/class/net/lo/queues/rx-0/rps_cpus';
 /**
  * Sender and receiver on CPUs of their own, loopback's receive processing on the sender's.
@@ -243,12 +286,16 @@ const pinning = setUpPinning();
 function setUpPinning() {
   const off = (/** @type {string} */ why) => ({ on: false, receiverCpu: -1, why, restore: () => undefined });
   if (values.unpinned) return off('unpinned (--unpinned)');
-  if (os.cpus().length < 2) return off('unpinned (one CPU)');
+  // The CPUs this process may use (a cpuset may allow fewer than are online).
+  const allowed = allowedCpus();
+  if (allowed.length < 2) return off(`unpinned (${allowed.length} CPU allowed)`);
+  const [senderCpu, receiverCpu] = allowed;
+  if (senderCpu >= 32) return off('unpinned (CPU numbers past 31)');
   if (spawnSync('taskset', ['-V']).status !== 0) return off('unpinned (no taskset: util-linux)');
   let saved;
   try {
     saved = fs.readFileSync(rpsFile, 'utf8').trim();
-    fs.writeFileSync(rpsFile, '1'); // CPU 0
+    fs.writeFileSync(rpsFile, (1 << senderCpu).toString(16));
   } catch (error) {
     return off(`unpinned (cannot steer loopback with RPS: ${/** @type {Error} */ (error).message})`);
   }
@@ -258,25 +305,32 @@ function setUpPinning() {
     restored = true;
     fs.writeFileSync(rpsFile, saved);
   };
-  process.on('exit', restore);
-  for (const signal of /** @type {const} */ (['SIGINT', 'SIGTERM', 'SIGHUP'])) {
-    process.once(signal, () => {
-      restore();
-      process.kill(process.pid, signal);
-    });
-  }
+  undoAtExit.push(restore);
   // This process (and so the senders and sinks it starts) on CPU 0; receivers on CPU 1.
-  const pinned = spawnSync('taskset', ['-a', '-p', '-c', '0', String(process.pid)], { encoding: 'utf8' });
+  const pinned = spawnSync('taskset', ['-a', '-p', '-c', String(senderCpu), String(process.pid)], {
+    encoding: 'utf8',
+  });
   if (pinned.status !== 0) {
     restore();
     return off(`unpinned (taskset: ${pinned.stderr.trim()})`);
   }
   return {
     on: true,
-    receiverCpu: 1,
-    why: `pinned: sender on CPU 0, receiver on CPU 1, loopback receive processing on CPU 0 (RPS; ${rpsFile} was ${saved})`,
+    receiverCpu,
+    why: `pinned: sender on CPU ${senderCpu}, receiver on CPU ${receiverCpu}, loopback receive processing on CPU ${senderCpu} (RPS; ${rpsFile} was ${saved})`,
     restore,
   };
+}
+
+/** Cpus_allowed_list of this process, e.g. "0-1,4". */
+function allowedCpus() {
+  const line = /^Cpus_allowed_list:\s*(.+)$/m.exec(fs.readFileSync('/proc/self/status', 'utf8'))?.[1] ?? '';
+  return line.split(',').flatMap((part) => {
+    const [low, high] = part.split('-').map(Number);
+    if (!Number.isInteger(low)) return [];
+    const last = Number.isInteger(high) ? high : low;
+    return Array.from({ length: last - low + 1 }, (_, i) => low + i);
+  });
 }
 
 /** A deterministic shuffle (mulberry32), so a run can be repeated. @param {number} seed */
