@@ -14,11 +14,16 @@
 // allocated memory, which on a VM with free page reporting (virtio-balloon; this
 // project's VM) may have been handed back to the host and costs a host fault per block
 // on first touch. That moved the file rows 5-10x from run to run, for both modes alike. Chunk sizes 64K..4M, repetitions interleaved, medians
-// reported with min-max. Each receiver process first takes one unmeasured warm-up stream
-// (--warmup, default 128M; 0 for none), so the figures are a running server's, not its
+// reported with min-max. Each receiver process first takes two unmeasured warm-up streams
+// (--warmup, default 128M in all; 0 for none), so the figures are a running server's, not its
 // start-up's (JIT, first page tables, and auto mode's first measurement, which a server
-// makes once per thread and group: up to about 100 MiB at 4 MiB chunks). Syscalls are
-// counted (perf) during that warm-up stream, so the tracepoint's cost is not in the
+// makes once per thread and group: up to about 100 MiB at 4 MiB chunks). Two, because V8
+// optimizes code that runs once per stream (the receiver's loop) on its second call: with
+// one, a 27 ms TurboFan compile of it landed in the measured stream. (Code that runs once
+// per chunk is optimized after a thousand-odd calls, i.e. within the measured GiB at
+// 1 MiB chunks; lowering V8's --interrupt-budget to get there sooner cost more than it
+// saved.) Syscalls are counted (perf) during the
+// second warm-up stream, so the tracepoint's cost is not in the
 // measured one; the count includes the connection's set-up and, for auto mode, its
 // measuring windows on both paths. Writes bench/results/<date>.json, .md and .svg.
 //
@@ -173,7 +178,10 @@ async function runOnce(receiver, pass, chunk, consumer) {
     baseArgs.push('--forward-to', String(/\{"port":(\d+)\}/.exec(line.toString())?.[1]));
   }
   if (consumer === 'file' && receiver.bin === undefined) baseArgs.push('--file', prefilledFile());
-  const streams = warmupBytes > 0 ? 2 : 1;
+
+  // Two warm-up streams: V8 optimizes a function that runs once per stream (the
+  // receiver's loop) on its second call, so the second warm-up takes that compile.
+  const streams = warmupBytes > 0 ? 3 : 1;
   const stdio = /** @type {const} */ (['pipe', 'pipe', 'inherit']);
   const args = [...baseArgs, '--chunk', String(chunk), '--streams', String(streams), '--port', '0'];
   // taskset execs the receiver: the child's pid is the receiver's.
@@ -209,16 +217,20 @@ async function runOnce(receiver, pass, chunk, consumer) {
   // every syscall on a slower path, which must not be in the measured stream's CPU time.
   let syscallsPerGB = null;
   if (warmupBytes > 0) {
-    // Not measured: the receiver's first stream warms it up (JIT, pool, page tables) as a
-    // server that has been running is warm.
+    // Not measured: the receiver's first streams warm it up (JIT, pool, page tables, auto
+    // mode's measurement) as a server that has been running is warm.
+    const half = Math.max(4096, Math.floor(warmupBytes / 2 / 4096) * 4096);
+    await (
+      await startStream(half)
+    ).done;
     const finishCount = perfWorks ? await countSyscalls(/** @type {number} */ (child.pid)) : null;
     await (
-      await startStream(warmupBytes)
+      await startStream(half)
     ).done;
     if (finishCount !== null) {
       await new Promise((resolve) => setTimeout(resolve, 200)); // the receiver drains what is queued
       const count = await finishCount();
-      syscallsPerGB = count === null ? null : (count * 1e9) / warmupBytes;
+      syscallsPerGB = count === null ? null : (count * 1e9) / half;
     }
   }
   const finishCount = perfWorks && warmupBytes === 0 ? await countSyscalls(/** @type {number} */ (child.pid)) : null;
@@ -406,7 +418,7 @@ async function main() {
   const started = Date.now();
   console.error(
     `bench: ${sizeName(bytes)} per transfer${warmupBytes > 0 ? ` (after ${sizeName(warmupBytes)} to warm up)` : ''}, ${reps} repetitions, ${total} transfers; ` +
-      `syscalls ${perfWorks ? `counted by perf (raw_syscalls:sys_enter)${warmupBytes > 0 ? ' on the warm-up stream' : ''}` : 'self-reported where possible (install linux-perf to count all)'}; ${pinning.why}`,
+      `syscalls ${perfWorks ? `counted by perf (raw_syscalls:sys_enter)${warmupBytes > 0 ? ' on the second warm-up stream' : ''}` : 'self-reported where possible (install linux-perf to count all)'}; ${pinning.why}`,
   );
   const shuffle = shuffler(Number(values.seed));
   for (let rep = 1; rep <= reps; rep++) {
@@ -508,7 +520,7 @@ async function main() {
     chunks,
     consumers,
     syscallsCountedBy: perfWorks
-      ? `perf raw_syscalls:sys_enter, whole receiver process${warmupBytes > 0 ? ', warm-up stream' : ''}`
+      ? `perf raw_syscalls:sys_enter, whole receiver process${warmupBytes > 0 ? ', second warm-up stream' : ''}`
       : 'receivers themselves',
     pinning: pinning.why,
     seed: Number(values.seed),
@@ -580,7 +592,7 @@ function renderMarkdown(result) {
   const m = result.machine;
   const lines = [
     `Machine: ${m.cpus} x ${m.cpu}, ${m.memoryGiB} GiB, Linux ${m.kernel}, Node ${m.node}. ` +
-      `Date: ${result.date.slice(0, 10)}. ${sizeName(result.bytesPerTransfer)} per transfer${result.warmupBytes > 0 ? ` after a ${sizeName(result.warmupBytes)} warm-up stream per receiver process` : ''}, median of ${result.reps} (min-max); ratios are medians of each repetition's ratio. ` +
+      `Date: ${result.date.slice(0, 10)}. ${sizeName(result.bytesPerTransfer)} per transfer${result.warmupBytes > 0 ? ` after ${sizeName(result.warmupBytes)} of warm-up in two streams per receiver process` : ''}, median of ${result.reps} (min-max); ratios are medians of each repetition's ratio. ` +
       `${result.pinning === undefined ? '' : `${result.pinning[0].toUpperCase()}${result.pinning.slice(1)}. `}` +
       `Syscalls/GB: ${result.syscallsCountedBy}.`,
     '',
