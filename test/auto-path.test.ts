@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 
-import { AutoPath, autoPathFor, type ReceivePath } from '../src/auto-path';
+import { AutoPath, autoPathFor, type AutoPathMember, type ReceivePath } from '../src/auto-path';
 import type { NativeEventHandler, NativeReceiverStats } from '../src/binding';
 import { attach, probe, type Chunk } from '../src/index';
 import { Receiver, type ChunkSource } from '../src/receiver';
@@ -83,20 +83,30 @@ describe('AutoPath (the decision, with an injected cost source)', () => {
     expect(auto.cost.copy).toBeCloseTo(80, 6);
   });
 
-  it('chunks read ahead on the old path count neither for the new window nor for the probe', () => {
-    let clock = 0;
-    const auto = group(() => clock);
-    let stale = 0; // chunks queued when the path switched
-    const member = auto.join(() => (stale = 3));
-    for (let i = 0; auto.checks === 0 && i < 400; i++) {
-      const fresh = stale === 0;
-      if (!fresh) stale--;
-      // Stale chunks cost what the old path costs, and look like it (copies in a zero-copy
-      // window): counted, they would make the paths look alike and the probe unmappable.
+  /**
+   * Delivers in turn from `members` until the first decision; copying costs 100 µs per MB,
+   * mapping 300. A member's stale delivery (read ahead before its last switch, counted
+   * down in `stale`) is on the other path, and costs and looks like it (copies in a
+   * zero-copy window): counted, such deliveries would blur both figures.
+   */
+  function untilDecided(auto: AutoPath, members: AutoPathMember[], stale: number[], clock: { ns: number }): void {
+    for (let i = 0; auto.checks === 0 && i < 4000; i++) {
+      const m = i % members.length;
+      const member = members[m];
+      const fresh = stale[m] === 0;
+      if (!fresh) stale[m]--;
       const path: ReceivePath = fresh ? member.path : member.path === 'copy' ? 'zerocopy' : 'copy';
-      clock += (100 * (path === 'copy' ? 100 : 300)) / 1000;
+      clock.ns += (100 * (path === 'copy' ? 100 : 300)) / 1000;
       member.delivered(100, path === 'zerocopy' ? 100 : 0, fresh);
     }
+  }
+
+  it('chunks read ahead on the old path count neither for the new window nor for the probe', () => {
+    const clock = { ns: 0 };
+    const auto = group(() => clock.ns);
+    const stale = [0];
+    const member = auto.join(() => (stale[0] = 3));
+    untilDecided(auto, [member], stale, clock);
     expect(auto.checks).toBe(1);
     expect(auto.cost.copy).toBeCloseTo(100, 6);
     expect(auto.cost.zerocopy).toBeCloseTo(300, 6);
@@ -105,20 +115,12 @@ describe('AutoPath (the decision, with an injected cost source)', () => {
   });
 
   it('with several receivers, one still consuming old-path chunks restarts the window', () => {
-    let clock = 0;
-    const auto = group(() => clock);
+    const clock = { ns: 0 };
+    const auto = group(() => clock.ns);
     // Member 0 keeps up (nothing queued at a switch); the others have three chunks queued.
     const stale = [0, 0, 0, 0];
     const members = stale.map((_, m) => auto.join(() => (stale[m] = m === 0 ? 0 : 3)));
-    for (let i = 0; auto.checks === 0 && i < 4000; i++) {
-      const m = i % members.length;
-      const member = members[m];
-      const fresh = stale[m] === 0;
-      if (!fresh) stale[m]--;
-      const path: ReceivePath = fresh ? member.path : member.path === 'copy' ? 'zerocopy' : 'copy';
-      clock += (100 * (path === 'copy' ? 100 : 300)) / 1000;
-      member.delivered(100, path === 'zerocopy' ? 100 : 0, fresh);
-    }
+    untilDecided(auto, members, stale, clock);
     expect(auto.checks).toBe(1);
     expect(auto.cost.copy).toBeCloseTo(100, 6);
     expect(auto.cost.zerocopy).toBeCloseTo(300, 6);
