@@ -9,31 +9,35 @@
 // 4108, then a plain-send() pass. Each receiver hands what it gets to a consumer: 'lines'
 // reads one byte of every 64-byte line, 'none' reads nothing (the receive path alone),
 // 'sha256' hashes every chunk, 'file' writes to a file, 'forward' sends it on to a socket
-// (a C sink in another process). The file is one that this run writes in full first and
-// every receiver overwrites from its start: a new file's page cache comes from freshly
-// allocated memory, which on a VM with free page reporting (virtio-balloon; this
-// project's VM) may have been handed back to the host and costs a host fault per block
-// on first touch. That moved the file rows 5-10x from run to run, for both modes alike. Chunk sizes 64K..4M, repetitions interleaved, medians
-// reported with min-max. Each receiver process first takes two unmeasured warm-up streams
-// (--warmup, default 128M in all; 0 for none), so the figures are a running server's, not its
-// start-up's (JIT, first page tables, and auto mode's first measurement, which a server
-// makes once per thread and group: up to about 100 MiB at 4 MiB chunks). Two, because V8
-// optimizes code that runs once per stream (the receiver's loop) on its second call: with
-// one, a 27 ms TurboFan compile of it landed in the measured stream. (Code that runs once
-// per chunk is optimized after a thousand-odd calls, i.e. within the measured GiB at
-// 1 MiB chunks; lowering V8's --interrupt-budget to get there sooner cost more than it
-// saved.) Syscalls are counted (perf) during the
-// second warm-up stream, so the tracepoint's cost is not in the
-// measured one; the count includes the connection's set-up and, for auto mode, its
-// measuring windows on both paths. Writes bench/results/<date>.json, .md and .svg.
+// (a C sink in another process). Chunk sizes 64K..4M, repetitions interleaved, medians
+// reported with min-max.
 //
-// Pinned (unless --unpinned, or not root, or one CPU allowed): the sender (and the forward
-// sink) run on the first allowed CPU and each receiver on the second, and loopback's receive
-// processing is steered to the first with RPS (/sys/class/net/lo/queues/rx-0/rps_cpus, restored on exit). On loopback the
-// kernel otherwise does TCP receive work (and even the sender's transmits, from ACKs) in
+// Each receiver process first takes two unmeasured warm-up streams (--warmup, default
+// 128M in all; 0 for none), so the figures are a running server's, not its start-up's
+// (JIT, first page tables, and auto mode's first measurement, which a server makes once
+// per thread and group: up to about 100 MiB at 4 MiB chunks). Two, because V8 optimizes
+// code that runs once per stream (the receiver's loop) on its second call: with one, a
+// 27 ms TurboFan compile of it landed in the measured stream. (Code that runs once per
+// chunk is optimized after a thousand-odd calls, within the measured GiB at 1 MiB chunks;
+// lowering V8's --interrupt-budget to get there sooner cost more than it saved.)
+// Syscalls are counted (perf) during the second warm-up stream, so the tracepoint's cost
+// is not in the measured one; the count includes the connection's set-up and, for auto
+// mode, any measuring windows still running.
+//
+// The 'file' consumer overwrites, from its start, one file this run writes in full first:
+// a new file's page cache comes from freshly allocated memory, which on a VM with free
+// page reporting (virtio-balloon; this project's VM) may have been handed back to the
+// host and costs a host fault per block on first touch. That moved the file rows 5-10x
+// from run to run, for both modes alike.
+//
+// Pinned (unless --unpinned, or not root, or one CPU allowed): the sender (and the
+// forward sink) run on the first allowed CPU and each receiver on the second, and
+// loopback's receive processing is steered to the first with RPS
+// (/sys/class/net/lo/queues/rx-0/rps_cpus, restored on exit). On loopback the kernel
+// otherwise does TCP receive work (and even the sender's transmits, from ACKs) in
 // whichever process happens to run, which moved the receivers' CPU figures by 20-40%
-// between runs; with a NIC that work is the interrupt's, not the receiver's.
-// The receivers of each group run in a shuffled order (--seed), so none always follows the
+// between runs; with a NIC that work is the interrupt's, not the receiver's. The
+// receivers of each group run in a shuffled order (--seed), so none always follows the
 // same neighbour.
 //
 //   npm run bench [-- --quick] [--reps N] [--bytes 1G] [--chunks 64K,256K,1M,4M] [--only a,e]
@@ -213,8 +217,9 @@ async function runOnce(receiver, pass, chunk, consumer) {
     child.stdin.write(`go ${await sender.listening}\n`);
     return sender;
   };
-  // Syscalls are counted on the warm-up stream where there is one: perf's tracepoint puts
-  // every syscall on a slower path, which must not be in the measured stream's CPU time.
+  // Syscalls are counted on the second warm-up stream where there is one: perf's
+  // tracepoint puts every syscall on a slower path, which must not be in the measured
+  // stream's CPU time.
   let syscallsPerGB = null;
   if (warmupBytes > 0) {
     // Not measured: the receiver's first streams warm it up (JIT, pool, page tables, auto
@@ -229,8 +234,7 @@ async function runOnce(receiver, pass, chunk, consumer) {
     ).done;
     if (finishCount !== null) {
       await new Promise((resolve) => setTimeout(resolve, 200)); // the receiver drains what is queued
-      const count = await finishCount();
-      syscallsPerGB = count === null ? null : (count * 1e9) / half;
+      syscallsPerGB = perGB(await finishCount(), half);
     }
   }
   const finishCount = perfWorks && warmupBytes === 0 ? await countSyscalls(/** @type {number} */ (child.pid)) : null;
@@ -238,15 +242,14 @@ async function runOnce(receiver, pass, chunk, consumer) {
   child.stdin.end();
   const code = await exited;
   if (finishCount !== null) {
-    const count = await finishCount();
-    syscallsPerGB = count === null ? null : (count * 1e9) / bytes;
+    syscallsPerGB = perGB(await finishCount(), bytes);
   }
   const sent = await sender.done;
   if (forwardSink !== null && forwardSink.exitCode === null) await once(forwardSink, 'close');
   if (code !== 0) throw new Error(`${receiver.name} exited with ${code}`);
   const report = /** @type {Report} */ (JSON.parse(stdout.trim().split('\n').pop() ?? ''));
   // Self-reported counts are the measured stream's.
-  report.syscallsPerGB = syscallsPerGB ?? (report.syscalls === null ? null : (report.syscalls * 1e9) / report.bytes);
+  report.syscallsPerGB = syscallsPerGB ?? perGB(report.syscalls, report.bytes);
   // How busy the sender was while this receiver received: near 100% means the sender,
   // not the receiver, set the throughput.
   report.senderBusyPercent = (100 * (sent.cpuUserMs + sent.cpuSysMs)) / report.elapsedMs;
@@ -258,6 +261,9 @@ async function runOnce(receiver, pass, chunk, consumer) {
 // that works; otherwise receivers that can count their own report those.
 const perfWorks =
   spawnSync('perf', ['stat', '-x', ',', '-e', 'raw_syscalls:sys_enter', 'true'], { encoding: 'utf8' }).status === 0;
+
+/** @param {number | null} count @param {number} streamBytes */
+const perGB = (count, streamBytes) => (count === null ? null : (count * 1e9) / streamBytes);
 
 /** What this run changed outside itself, undone at exit, also on a signal. @type {(() => void)[]} */
 const undoAtExit = [];
@@ -291,12 +297,12 @@ function prefilledFile() {
 const rpsFile = '/sys/class/net/lo/queues/rx-0/rps_cpus';
 /**
  * Sender and receiver on CPUs of their own, loopback's receive processing on the sender's.
- * @type {{ on: boolean, receiverCpu: number, why: string, restore: () => void }}
+ * @type {{ on: boolean, receiverCpu: number, why: string }}
  */
 const pinning = setUpPinning();
 
 function setUpPinning() {
-  const off = (/** @type {string} */ why) => ({ on: false, receiverCpu: -1, why, restore: () => undefined });
+  const off = (/** @type {string} */ why) => ({ on: false, receiverCpu: -1, why });
   if (values.unpinned) return off('unpinned (--unpinned)');
   // The CPUs this process may use (a cpuset may allow fewer than are online).
   const allowed = allowedCpus();
@@ -318,7 +324,8 @@ function setUpPinning() {
     fs.writeFileSync(rpsFile, saved);
   };
   undoAtExit.push(restore);
-  // This process (and so the senders and sinks it starts) on CPU 0; receivers on CPU 1.
+  // This process (and so the senders and sinks it starts) on the first CPU; receivers on
+  // the second.
   const pinned = spawnSync('taskset', ['-a', '-p', '-c', String(senderCpu), String(process.pid)], {
     encoding: 'utf8',
   });
@@ -330,7 +337,6 @@ function setUpPinning() {
     on: true,
     receiverCpu,
     why: `pinned: sender on CPU ${senderCpu}, receiver on CPU ${receiverCpu}, loopback receive processing on CPU ${senderCpu} (RPS; ${rpsFile} was ${saved})`,
-    restore,
   };
 }
 

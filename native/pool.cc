@@ -21,9 +21,9 @@ constexpr size_t kArenaAlign = 2u << 20;
 // Released chunks of 1 MiB and more have their pages dropped together once this many
 // bytes wait (or when no chunk is live, or space is needed): consecutive chunks sit next
 // to each other in an arena, and one madvise (one TLB flush) serves several (one per
-// 2 MiB block where DropPages keeps page tables). Measured
-// on the project VM, receive path alone at 1 MiB chunks: 10-20% less CPU in 5 of 5
-// interleaved runs; at 256 KiB it cost more in 4 of 5, hence the floor.
+// 2 MiB block where DropPages keeps page tables). Measured on the project VM, receive
+// path alone at 1 MiB chunks: 10-20% less CPU in 5 of 5 interleaved runs; at 256 KiB it
+// cost more in 4 of 5, hence the floor.
 constexpr size_t kMaxReleasedBytes = 8u << 20;
 constexpr size_t kMinBatchedChunk = 1u << 20;
 
