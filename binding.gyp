@@ -11,6 +11,7 @@
           "target_name": "tcp_zerocopy",
           "sources": [
             "native/addon.cc",
+            "native/copy_blocks.cc",
             "native/errors.cc",
             "native/pool.cc",
             "native/probe.cc",

@@ -122,6 +122,7 @@ Napi::Value Addon::PoolStats(const Napi::CallbackInfo& info) {
   stats.Set("maxPinnedBytes", static_cast<double>(pool_->max_pinned_bytes()));
   stats.Set("chunksCopiedOnWrite", pool_->chunks_copied_on_write());
   stats.Set("retiredBytes", static_cast<double>(pool_->retired_bytes()));
+  stats.Set("idleCopyBytes", static_cast<double>(copy_blocks_->idle_bytes()));
   stats.Set("mappings", static_cast<double>(pool_->mapping_count()));
   stats.Set("mappedAddressSpace", static_cast<double>(pool_->mapped_bytes()));
   stats.Set("liveChunks", static_cast<double>(pool_->live_chunks()));

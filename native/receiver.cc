@@ -203,6 +203,7 @@ Receiver::Receiver(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Receiver>(
   }
   // Batch wake-ups to a chunk while data flows; the flush timer lowers it when it stalls.
   SetLowWater(flush_delay_ms_ > 0 ? static_cast<int>(chunk_size_) : 1);
+  copy_blocks_ = addon->copy_blocks();
 }
 
 Receiver::~Receiver() {
@@ -629,6 +630,11 @@ void Receiver::ZerocopyCycle(Batch* batch) {
 
 // One copied chunk: up to `recv_len` (> 0) bytes read from the socket.
 void Receiver::ReadCopied(Batch* batch, size_t recv_len) {
+  // Reads of at least half a large chunk go into reused memory (CopyBlocks), so at most
+  // half of a block is ever idle under a Buffer.
+  if (recv_len >= CopyBlocks::kMinBlockBytes && recv_len * 2 >= chunk_size_ && ReadCopiedIntoBlock(batch, recv_len)) {
+    return;
+  }
   napi_env env = Env();
   void* raw = nullptr;
   napi_value buffer;
@@ -661,6 +667,65 @@ void Receiver::ReadCopied(Batch* batch, size_t recv_len) {
     return;
   }
   AddCopied(batch, buffer, length);
+}
+
+// ReadCopied into a block of chunk_size_ bytes from copy_blocks_. False when no block
+// could be had (no memory, a runtime that refuses external Buffers) and nothing was read:
+// the caller reads into a Buffer of its own.
+bool Receiver::ReadCopiedIntoBlock(Batch* batch, size_t recv_len) {
+  if (!external_buffers_) return false;
+  CopyBlock* block = copy_blocks_->Take(chunk_size_);
+  if (block == nullptr) return false;
+  stats_.recv_calls++;
+  ssize_t n = RecvSome(handles_->fd, block->data, recv_len);
+  if (n <= 0) {
+    copy_blocks_->Give(block);
+    if (n == 0) {
+      batch->eof = true;
+    } else if (n != -EAGAIN && n != -EWOULDBLOCK) {
+      batch->error = static_cast<int>(-n);
+    }
+    return true;
+  }
+  napi_env env = Env();
+  auto length = static_cast<size_t>(n);
+  napi_value buffer = nullptr;
+  napi_status status = napi_create_external_buffer(
+      env, length, block->data,
+      [](napi_env finalize_env, void*, void* hint) {
+        // Released (detached) or collected: the memory goes back for the next chunk.
+        auto* returned = static_cast<CopyBlock*>(hint);
+        int64_t ignored;
+        napi_adjust_external_memory(finalize_env, -static_cast<int64_t>(returned->size), &ignored);
+        returned->home->Give(returned);
+      },
+      block, &buffer);
+  if (status == napi_ok) {
+    // V8 sees the block's size, as for its own Buffers: unreleased chunks press for a GC.
+    int64_t ignored;
+    napi_adjust_external_memory(env, static_cast<int64_t>(block->size), &ignored);
+    if (!TagChunk(env, buffer)) {
+      batch->abandoned = true;  // the environment is going away; the finalizer frees the block
+      return true;
+    }
+    AddCopied(batch, buffer, length);
+    return true;
+  }
+  if (status != napi_no_external_buffers_allowed) {
+    // The environment is going away; as in AddMapped, Node may already own the finalizer.
+    batch->abandoned = true;
+    return true;
+  }
+  // Refused before any finalizer was made: the block is ours. Copy what was read.
+  external_buffers_ = false;
+  status = napi_create_buffer_copy(env, length, block->data, nullptr, &buffer);
+  copy_blocks_->Give(block);
+  if (status != napi_ok || !TagChunk(env, buffer)) {
+    batch->abandoned = true;
+    return true;
+  }
+  AddCopied(batch, buffer, length);
+  return true;
 }
 
 // While draining: copy out at most what was queued when Node closed the socket, then end

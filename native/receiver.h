@@ -8,6 +8,7 @@
 #include <memory>
 #include <string>
 
+#include "copy_blocks.h"
 #include "pool.h"
 
 namespace tcpzc {
@@ -64,6 +65,7 @@ class Receiver : public Napi::ObjectWrap<Receiver>, private PoolWaiter {
   void CopyCycle(Batch* batch);
   void DrainCycle(Batch* batch);
   void ReadCopied(Batch* batch, size_t recv_len);
+  bool ReadCopiedIntoBlock(Batch* batch, size_t recv_len);
   void AddMapped(Batch* batch, MappedChunk* chunk);
   void AddCopied(Batch* batch, napi_value buffer, size_t length);
   void SwitchToCopy(const char* syscall, int err);
@@ -76,6 +78,7 @@ class Receiver : public Napi::ObjectWrap<Receiver>, private PoolWaiter {
   // would root the JS receiver (and its socket) through the callback's closure for ever.
   Napi::FunctionReference on_event_;
   std::shared_ptr<MappingPool> pool_;
+  std::shared_ptr<CopyBlocks> copy_blocks_;
   UvHandles* handles_ = nullptr;  // null once closing
 
   Mode mode_;

@@ -46,6 +46,7 @@ export interface NativePoolStats {
   bytesCopiedPoolFull: number;
   chunksCopiedOnWrite: number;
   retiredBytes: number;
+  idleCopyBytes: number;
 }
 
 /** Native mode numbers (Receiver::Mode). */
