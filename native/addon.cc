@@ -35,11 +35,30 @@ bool WholeView(napi_env env, napi_value value, napi_value* array_buffer, void** 
   return type == napi_uint8_array && byte_offset == 0;
 }
 
+// ArrayBuffer.prototype.transfer (Node 21+, a flag on 20) moves an external Buffer's memory
+// into a plain ArrayBuffer that postMessage can send to another thread, out of reach of
+// the finalizer Node runs when this environment stops. Memory reused by copied chunks
+// (CopyBlocks) would then be freed or reused under that thread: with transfer() about,
+// copied chunks keep memory of their own. Any failure to look counts as present.
+bool ArrayBufferTransferExists(napi_env env) {
+  napi_value global;
+  napi_value array_buffer;
+  napi_value prototype;
+  napi_value transfer;
+  napi_valuetype type = napi_undefined;
+  return napi_get_global(env, &global) != napi_ok ||
+         napi_get_named_property(env, global, "ArrayBuffer", &array_buffer) != napi_ok ||
+         napi_get_named_property(env, array_buffer, "prototype", &prototype) != napi_ok ||
+         napi_get_named_property(env, prototype, "transfer", &transfer) != napi_ok ||
+         napi_typeof(env, transfer, &type) != napi_ok || type != napi_undefined;
+}
+
 }  // namespace
 
 Addon::Addon(Napi::Env env, Napi::Object exports)
     : pool_(std::make_shared<MappingPool>(static_cast<size_t>(kDefaultMaxPinnedBytes))),
       external_buffers_allowed_(ProbeExternalBuffers(env)) {
+  if (external_buffers_allowed_ && !ArrayBufferTransferExists(env)) copy_blocks_ = std::make_shared<CopyBlocks>();
   DefineAddon(exports, {
                            InstanceMethod<&Addon::Probe>("probe"),
                            InstanceMethod<&Addon::ReleaseChunk>("releaseChunk"),
@@ -122,7 +141,7 @@ Napi::Value Addon::PoolStats(const Napi::CallbackInfo& info) {
   stats.Set("maxPinnedBytes", static_cast<double>(pool_->max_pinned_bytes()));
   stats.Set("chunksCopiedOnWrite", pool_->chunks_copied_on_write());
   stats.Set("retiredBytes", static_cast<double>(pool_->retired_bytes()));
-  stats.Set("idleCopyBytes", static_cast<double>(copy_blocks_->idle_bytes()));
+  stats.Set("idleCopyBytes", static_cast<double>(copy_blocks_ != nullptr ? copy_blocks_->idle_bytes() : 0));
   stats.Set("mappings", static_cast<double>(pool_->mapping_count()));
   stats.Set("mappedAddressSpace", static_cast<double>(pool_->mapped_bytes()));
   stats.Set("liveChunks", static_cast<double>(pool_->live_chunks()));

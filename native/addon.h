@@ -15,6 +15,7 @@ class Addon : public Napi::Addon<Addon> {
   Addon(Napi::Env env, Napi::Object exports);
 
   const std::shared_ptr<MappingPool>& pool() const { return pool_; }
+  // Null where copied chunks keep memory of their own.
   const std::shared_ptr<CopyBlocks>& copy_blocks() const { return copy_blocks_; }
   bool external_buffers_allowed() const { return external_buffers_allowed_; }
 
@@ -30,8 +31,9 @@ class Addon : public Napi::Addon<Addon> {
   // Shared with every mapped chunk, so the mappings outlive receivers and this object
   // until the last Buffer over them is released or collected.
   std::shared_ptr<MappingPool> pool_;
-  // Shared with every copied chunk received into one of its blocks, likewise.
-  std::shared_ptr<CopyBlocks> copy_blocks_ = std::make_shared<CopyBlocks>();
+  // Shared with every copied chunk received into one of its blocks, likewise. Null where
+  // copied chunks cannot safely reuse memory (see ArrayBufferTransferExists).
+  std::shared_ptr<CopyBlocks> copy_blocks_;
   bool external_buffers_allowed_;
 };
 

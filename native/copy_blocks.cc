@@ -26,9 +26,15 @@ CopyBlock* CopyBlocks::Take(size_t size) {
 void CopyBlocks::Give(CopyBlock* block) {
   // The idle list does not own its cache: a block out in JS keeps it alive, an idle one not.
   std::shared_ptr<CopyBlocks> self = std::move(block->home);
-  if (idle_.size() >= kMaxIdleBlocks || idle_bytes_ + block->size > kMaxIdleBytes) {
+  if (block->size > kMaxIdleBytes) {
     Free(block);
     return;
+  }
+  // The newest block stays; the oldest make room, so a chunk size no longer used ages out.
+  while (!idle_.empty() && (idle_.size() >= kMaxIdleBlocks || idle_bytes_ + block->size > kMaxIdleBytes)) {
+    idle_bytes_ -= idle_.front()->size;
+    Free(idle_.front());
+    idle_.erase(idle_.begin());
   }
   idle_.push_back(block);
   idle_bytes_ += block->size;

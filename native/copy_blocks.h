@@ -35,7 +35,8 @@ class CopyBlocks : public std::enable_shared_from_this<CopyBlocks> {
 
   // An idle block of exactly `size` bytes, or a new one; nullptr when out of memory.
   CopyBlock* Take(size_t size);
-  // A block back from JS (its Buffer released or collected): kept for reuse, or freed.
+  // A block back from JS (its Buffer released or collected): kept for reuse (the oldest
+  // idle ones freed to make room), or freed if larger than the idle bound.
   void Give(CopyBlock* block);
 
   size_t idle_bytes() const { return idle_bytes_; }

@@ -630,8 +630,7 @@ void Receiver::ZerocopyCycle(Batch* batch) {
 
 // One copied chunk: up to `recv_len` (> 0) bytes read from the socket.
 void Receiver::ReadCopied(Batch* batch, size_t recv_len) {
-  // Reads of at least half a large chunk go into reused memory (CopyBlocks), so at most
-  // half of a block is ever idle under a Buffer.
+  // Reads of at least half a large chunk go into reused memory (CopyBlocks).
   if (recv_len >= CopyBlocks::kMinBlockBytes && recv_len * 2 >= chunk_size_ && ReadCopiedIntoBlock(batch, recv_len)) {
     return;
   }
@@ -656,10 +655,8 @@ void Receiver::ReadCopied(Batch* batch, size_t recv_len) {
   if (length == 0) return;
   if (length < recv_len) {
     // Short read (urgent mark, reset): keep only what arrived.
-    if (napi_create_buffer_copy(env, length, data, nullptr, &buffer) != napi_ok) {
-      batch->abandoned = true;
-      return;
-    }
+    AddCopiedFrom(batch, data, length);
+    return;
   }
   // Tagged once, the Buffer that JS gets.
   if (!TagChunk(env, buffer)) {
@@ -670,10 +667,10 @@ void Receiver::ReadCopied(Batch* batch, size_t recv_len) {
 }
 
 // ReadCopied into a block of chunk_size_ bytes from copy_blocks_. False when no block
-// could be had (no memory, a runtime that refuses external Buffers) and nothing was read:
-// the caller reads into a Buffer of its own.
+// could be had (no reuse here, no memory) and nothing was read: the caller reads into a
+// Buffer of its own.
 bool Receiver::ReadCopiedIntoBlock(Batch* batch, size_t recv_len) {
-  if (!external_buffers_) return false;
+  if (copy_blocks_ == nullptr || !external_buffers_ || chunk_size_ > CopyBlocks::kMaxIdleBytes) return false;
   CopyBlock* block = copy_blocks_->Take(chunk_size_);
   if (block == nullptr) return false;
   stats_.recv_calls++;
@@ -687,23 +684,25 @@ bool Receiver::ReadCopiedIntoBlock(Batch* batch, size_t recv_len) {
     }
     return true;
   }
-  napi_env env = Env();
   auto length = static_cast<size_t>(n);
+  if (length * 2 < block->size) {
+    // Short read (urgent mark, reset): a few bytes must not hold a whole block.
+    AddCopiedFrom(batch, block->data, length);
+    copy_blocks_->Give(block);
+    return true;
+  }
+  napi_env env = Env();
   napi_value buffer = nullptr;
+  // No napi_adjust_external_memory: V8 counts an external Buffer's length itself.
   napi_status status = napi_create_external_buffer(
       env, length, block->data,
-      [](napi_env finalize_env, void*, void* hint) {
+      [](napi_env, void*, void* hint) {
         // Released (detached) or collected: the memory goes back for the next chunk.
         auto* returned = static_cast<CopyBlock*>(hint);
-        int64_t ignored;
-        napi_adjust_external_memory(finalize_env, -static_cast<int64_t>(returned->size), &ignored);
         returned->home->Give(returned);
       },
       block, &buffer);
   if (status == napi_ok) {
-    // V8 sees the block's size, as for its own Buffers: unreleased chunks press for a GC.
-    int64_t ignored;
-    napi_adjust_external_memory(env, static_cast<int64_t>(block->size), &ignored);
     if (!TagChunk(env, buffer)) {
       batch->abandoned = true;  // the environment is going away; the finalizer frees the block
       return true;
@@ -711,21 +710,28 @@ bool Receiver::ReadCopiedIntoBlock(Batch* batch, size_t recv_len) {
     AddCopied(batch, buffer, length);
     return true;
   }
-  if (status != napi_no_external_buffers_allowed) {
-    // The environment is going away; as in AddMapped, Node may already own the finalizer.
-    batch->abandoned = true;
+  if (status == napi_no_external_buffers_allowed) {
+    // Refused before any finalizer was made: the block is ours. Copy what was read.
+    external_buffers_ = false;
+    AddCopiedFrom(batch, block->data, length);
+    copy_blocks_->Give(block);
     return true;
   }
-  // Refused before any finalizer was made: the block is ours. Copy what was read.
-  external_buffers_ = false;
-  status = napi_create_buffer_copy(env, length, block->data, nullptr, &buffer);
-  copy_blocks_->Give(block);
-  if (status != napi_ok || !TagChunk(env, buffer)) {
-    batch->abandoned = true;
-    return true;
+  // The environment is stopping. Refused at the entry check (JS cannot run), the block is
+  // still ours; any later failure may leave Node owning the finalizer, as in AddMapped.
+  if (status == napi_pending_exception || status == napi_cannot_run_js) copy_blocks_->Give(block);
+  batch->abandoned = true;
+  return true;
+}
+
+// A copied chunk in a Buffer of its own, from bytes already read.
+void Receiver::AddCopiedFrom(Batch* batch, const uint8_t* data, size_t length) {
+  napi_value buffer = nullptr;
+  if (napi_create_buffer_copy(Env(), length, data, nullptr, &buffer) != napi_ok || !TagChunk(Env(), buffer)) {
+    batch->abandoned = true;  // the environment is going away
+    return;
   }
   AddCopied(batch, buffer, length);
-  return true;
 }
 
 // While draining: copy out at most what was queued when Node closed the socket, then end

@@ -66,6 +66,7 @@ class Receiver : public Napi::ObjectWrap<Receiver>, private PoolWaiter {
   void DrainCycle(Batch* batch);
   void ReadCopied(Batch* batch, size_t recv_len);
   bool ReadCopiedIntoBlock(Batch* batch, size_t recv_len);
+  void AddCopiedFrom(Batch* batch, const uint8_t* data, size_t length);
   void AddMapped(Batch* batch, MappedChunk* chunk);
   void AddCopied(Batch* batch, napi_value buffer, size_t length);
   void SwitchToCopy(const char* syscall, int err);
@@ -78,8 +79,8 @@ class Receiver : public Napi::ObjectWrap<Receiver>, private PoolWaiter {
   // would root the JS receiver (and its socket) through the callback's closure for ever.
   Napi::FunctionReference on_event_;
   std::shared_ptr<MappingPool> pool_;
-  std::shared_ptr<CopyBlocks> copy_blocks_;
-  UvHandles* handles_ = nullptr;  // null once closing
+  std::shared_ptr<CopyBlocks> copy_blocks_;  // null: no reuse in this environment
+  UvHandles* handles_ = nullptr;             // null once closing
 
   Mode mode_;
   PoolFull pool_full_policy_;
