@@ -481,12 +481,21 @@ void Receiver::AddMapped(Batch* batch, MappedChunk* chunk) {
     stats_.chunks_mapped++;
     return;
   }
+  if (status == napi_pending_exception || status == napi_cannot_run_js) {
+    // The environment is stopping, refused at the entry check, before any finalizer
+    // existed: the chunk is still ours (a worker stopped mid-receive leaked it, with its
+    // pool, before this).
+    pool_->Release(chunk);
+    delete chunk;
+    batch->abandoned = true;
+    return;
+  }
   if (status != napi_no_external_buffers_allowed) {
     // The environment is going away. Do not touch the chunk: Node 20 creates the
-    // finalizer (whose hint is the chunk) before the steps that can fail during teardown,
-    // so Node may already own it and will free it itself. Freeing it here too would free
-    // it twice. If Node did not take it, it leaks (with its pool's mappings) until the
-    // process ends: rare, and only in an environment that is being torn down.
+    // finalizer (whose hint is the chunk) before the later steps that can fail during
+    // teardown, so Node may already own it and will free it itself. Freeing it here too
+    // would free it twice. If Node did not take it, it leaks (with its pool's mappings)
+    // until the process ends: rare, and only in an environment that is being torn down.
     batch->abandoned = true;
     return;
   }
