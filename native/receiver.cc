@@ -639,10 +639,8 @@ void Receiver::ZerocopyCycle(Batch* batch) {
 
 // One copied chunk: up to `recv_len` (> 0) bytes read from the socket.
 void Receiver::ReadCopied(Batch* batch, size_t recv_len) {
-  // Reads of at least half a large chunk go into reused memory (CopyBlocks).
-  if (recv_len >= CopyBlocks::kMinBlockBytes && recv_len * 2 >= chunk_size_ && ReadCopiedIntoBlock(batch, recv_len)) {
-    return;
-  }
+  // Large reads go into reused memory (CopyBlocks).
+  if (recv_len >= CopyBlocks::kMinBlockBytes && ReadCopiedIntoBlock(batch, recv_len)) return;
   napi_env env = Env();
   void* raw = nullptr;
   napi_value buffer;
@@ -675,12 +673,18 @@ void Receiver::ReadCopied(Batch* batch, size_t recv_len) {
   AddCopied(batch, buffer, length);
 }
 
-// ReadCopied into a block of chunk_size_ bytes from copy_blocks_. False when no block
-// could be had (no reuse here, no memory) and nothing was read: the caller reads into a
-// Buffer of its own.
+// ReadCopied into a block from copy_blocks_: the read's size rounded up to a power of
+// two, at most chunk_size_, so a Buffer always covers over half its block. (Reads are
+// often under half a chunk: at the start of a connection, while the kernel still grows the
+// receive buffer, and with chunks over half of it.) False when no block could be had (no
+// reuse here, no memory) and nothing was read: the caller reads into a Buffer of its own.
 bool Receiver::ReadCopiedIntoBlock(Batch* batch, size_t recv_len) {
-  if (copy_blocks_ == nullptr || !external_buffers_ || chunk_size_ > CopyBlocks::kMaxIdleBytes) return false;
-  CopyBlock* block = copy_blocks_->Take(chunk_size_);
+  if (copy_blocks_ == nullptr || !external_buffers_) return false;
+  size_t size = CopyBlocks::kMinBlockBytes;
+  while (size < recv_len) size *= 2;
+  size = std::min(size, chunk_size_);
+  if (size > CopyBlocks::kMaxIdleBytes) return false;
+  CopyBlock* block = copy_blocks_->Take(size);
   if (block == nullptr) return false;
   stats_.recv_calls++;
   ssize_t n = RecvSome(handles_->fd, block->data, recv_len);

@@ -120,8 +120,7 @@ describe.skipIf(transferExists)('copied chunks reuse memory', () => {
     await settle();
     const idle = poolStats().idleCopyBytes;
     expect(idle).toBeLessThanOrEqual(MAX_IDLE_BYTES);
-    expect(idle).toBeGreaterThan(idleBefore);
-    expect((idle - idleBefore) % chunkSize).toBe(0);
+    expect(idle - idleBefore).toBeGreaterThanOrEqual(chunkSize);
   });
 
   it('never hands out memory a live chunk still uses', async () => {
