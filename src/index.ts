@@ -75,7 +75,7 @@ export interface AttachOptions {
   chunkSize?: number;
   /**
    * 'auto' (default): measures what mapping and what copying cost on this host with this
-   * consumer (the process's CPU time per byte delivered, over windows of max(8 MiB, 2 chunks)), uses
+   * consumer (the process's CPU time per byte delivered, over windows of max(8 MiB, 4 chunks)), uses
    * the cheaper, and measures both again every 128 windows' worth of bytes;
    * `stats.decision` says which and why. The measurement and the choice are shared by
    * the receivers of one thread with the same chunkSize and `autoGroup`, so a server's
@@ -309,7 +309,7 @@ export function attach(socket: net.Socket, options: AttachOptions = {}): ZeroCop
         lifecycle: nativeSocketLifecycle,
         autoPath: measure
           ? autoPathFor(settings.autoGroup, settings.chunkSize, {
-              windowBytes: Math.max(AUTO_WINDOW_BYTES, 2 * settings.chunkSize),
+              windowBytes: Math.max(AUTO_WINDOW_BYTES, 4 * settings.chunkSize),
               cpuNs: processCpuNs,
             })
           : undefined,
