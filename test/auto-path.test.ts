@@ -52,7 +52,7 @@ describe('AutoPath (the decision, with an injected cost source)', () => {
     expect(auto.decision).toMatch(/^zerocopy: mapping measured 80 µs .* copying 120 /);
   });
 
-  it('measures four pairs when the paths are close, and takes the median window', () => {
+  it('measures four pairs when the paths are close, and takes the lower median window', () => {
     // One inflated window per path (a burst of other work) must not decide. Windows are
     // ten deliveries; after a switch the first delivery only starts the window. Per path:
     // deliveries 0-9 zero-copy warm-up; copy 0 starts, 1-10 warm-up, 11-20 the first
@@ -67,6 +67,22 @@ describe('AutoPath (the decision, with an injected cost source)', () => {
     expect(auto.path).toBe('zerocopy');
     expect(auto.cost.zerocopy).toBeCloseTo(100, 6);
     expect(auto.cost.copy).toBeCloseTo(110, 6);
+  });
+
+  it('is not swayed by two inflated windows of four on the cheaper path', () => {
+    // Copying is cheaper, but two of its four measured windows pay for fresh memory (a
+    // forwarder at 4 MiB chunks; the plain median chose mapping there). Copy deliveries
+    // 11-20 and 32-41 are its first and third measured windows (21 and 42 start its
+    // second and fourth, after a switch).
+    const seen = { zerocopy: 0, copy: 0 };
+    const { auto } = run((path) => {
+      const n = seen[path]++;
+      const inflated = (n >= 11 && n <= 20) || (n >= 32 && n <= 41);
+      return path === 'copy' ? (inflated ? 3000 : 100) : 200;
+    }, 20 * WINDOW);
+    expect(auto.checks).toBe(1);
+    expect(auto.path).toBe('copy');
+    expect(auto.cost.copy).toBeCloseTo(100, 6);
   });
 
   it("leaves out each path's first window (a path's first use costs more)", () => {
@@ -156,6 +172,11 @@ describe('AutoPath (the decision, with an injected cost source)', () => {
     for (let i = 0; auto.checks === 0 && i < 2000; i++) {
       clock += mappable.path === 'zerocopy' ? 80 : 120;
       mappable.delivered(100, mappable.path === 'zerocopy' ? 100 : 0);
+      // The plain peer's copies cost CPU in every window, whatever the group's path. When
+      // it looked again it used to follow the group, so its bytes counted in copy windows
+      // but not in zero-copy ones (where its probe then put it back on its own): copy
+      // windows looked cheaper. It now probes on its own, outside the windows.
+      clock += 120;
       plain.delivered(100, 0);
     }
     expect(auto.checks).toBe(1);
