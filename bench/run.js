@@ -13,9 +13,9 @@
 // reported with min-max.
 //
 // Each receiver process first takes two unmeasured warm-up streams (--warmup, default
-// 128M in all; 0 for none), so the figures are a running server's, not its start-up's
+// 256M in all; 0 for none), so the figures are a running server's, not its start-up's
 // (JIT, first page tables, and auto mode's first measurement, which a server makes once
-// per thread and group: up to about 100 MiB at 4 MiB chunks). Two, because V8 optimizes
+// per thread and group: up to 160 MiB at 4 MiB chunks). Two, because V8 optimizes
 // code that runs once per stream (the receiver's loop) on its second call: with one, a
 // 27 ms TurboFan compile of it landed in the measured stream. (Code that runs once per
 // chunk is optimized after a thousand-odd calls, within the measured GiB at 1 MiB chunks;
@@ -42,7 +42,7 @@
 //
 //   npm run bench [-- --quick] [--reps N] [--bytes 1G] [--chunks 64K,256K,1M,4M] [--only a,e]
 //                 [--consumers lines,none,sha256,file,forward] [--passes zerocopy,plain]
-//                 [--warmup 128M] [--unpinned] [--seed N]
+//                 [--warmup 256M] [--unpinned] [--seed N]
 'use strict';
 const { spawn, spawnSync } = require('node:child_process');
 const { once } = require('node:events');
@@ -105,7 +105,7 @@ const { values } = parseArgs({
     only: { type: 'string' },
     consumers: { type: 'string', default: 'lines,none,sha256,file,forward' },
     passes: { type: 'string', default: 'zerocopy,plain' },
-    warmup: { type: 'string', default: '128M' },
+    warmup: { type: 'string', default: '256M' },
     unpinned: { type: 'boolean', default: false },
     seed: { type: 'string', default: '1' },
     out: { type: 'string', default: path.join(root, 'bench', 'results') },
