@@ -683,7 +683,7 @@ bool Receiver::ReadCopiedIntoBlock(Batch* batch, size_t recv_len) {
   size_t size = CopyBlocks::kMinBlockBytes;
   while (size < recv_len) size *= 2;
   size = std::min(size, chunk_size_);
-  if (size > CopyBlocks::kMaxIdleBytes) return false;
+  if (size < recv_len || size > CopyBlocks::kMaxIdleBytes) return false;  // callers cap reads at chunk_size_
   CopyBlock* block = copy_blocks_->Take(size);
   if (block == nullptr) return false;
   stats_.recv_calls++;
