@@ -249,8 +249,9 @@ export class AutoPath {
    * faults of memory a path touches for the first time (seen: a forwarder at 4 MiB
    * chunks paid about 1,000 faults, 3 ms per MB, in two of its first four copy windows,
    * and the plain median chose mapping at twice copying's cost). The lower median
-   * ignores up to half of a path's windows if they are inflated, and since windows err
-   * only upwards, it favours neither path.
+   * ignores up to half of a path's windows if they are inflated. (Work that spills from
+   * one window into the next, such as threadpool writes still running at a switch, can
+   * also make a window read low; the ABBA order spreads that over both paths.)
    */
   #decide(): void {
     const zerocopy = lowerMedian(this.#round.zerocopy);
@@ -342,7 +343,7 @@ class Member implements AutoPathMember {
   }
 
   get following(): boolean {
-    return this.#ownDecision === null && !this.#reprobing;
+    return this.#ownDecision === null;
   }
 
   get path(): ReceivePath {
@@ -367,7 +368,7 @@ class Member implements AutoPathMember {
       // Looked at again now and then: the path to the peer may have changed.
       this.#ownBytes += bytes;
       if (this.#ownBytes >= this.#recheckBytes) {
-        this.#ownDecision = null;
+        this.#ownDecision = `zerocopy: looking again whether this stream can be mapped (${this.#ownDecision ?? ''})`;
         this.#zerocopyBytes = 0;
         this.#zerocopyMapped = 0;
         this.#reprobing = true;
@@ -406,6 +407,7 @@ class Member implements AutoPathMember {
     }
     if (this.#reprobing) {
       this.#reprobing = false;
+      this.#ownDecision = null;
       if (this.#group.path !== 'zerocopy') this.#setPath(this.#group.path);
     }
     return true;

@@ -154,6 +154,34 @@ describe('AutoPath (the decision, with an injected cost source)', () => {
     expect(auto.path).toBe('zerocopy');
   });
 
+  it('a stream copying on its own looks again by mapping on its own, and rejoins once mappable', () => {
+    let clock = 0;
+    const auto = group(() => clock);
+    const paths: ReceivePath[] = [];
+    const member = auto.join((path) => paths.push(path));
+    // Its first window: nothing mapped, so it copies on its own.
+    for (let i = 0; i < 10; i++) member.delivered(100, 0);
+    expect(paths).toEqual(['copy']);
+    // After recheckEvery windows of its own bytes it maps again, on its own.
+    for (let i = 0; i < 200; i++) {
+      clock += 10;
+      member.delivered(100, 0);
+    }
+    expect(paths).toEqual(['copy', 'zerocopy']);
+    expect(member.path).toBe('zerocopy');
+    expect(member.decision).toMatch(/^zerocopy: looking again whether this stream can be mapped \(copy: only 0\.0%/);
+    // Chunks read ahead on copy do not count towards the probe, nor do its bytes towards
+    // the group's windows.
+    for (let i = 0; i < 3; i++) member.delivered(100, 0, false);
+    for (let i = 0; i < 9; i++) member.delivered(100, 100);
+    expect(member.decision).toMatch(/^zerocopy: looking again/);
+    member.delivered(100, 100);
+    // Mappable now: it follows the group again (on zero-copy, so no switch).
+    expect(paths).toEqual(['copy', 'zerocopy']);
+    expect(member.decision).toBe(auto.decision);
+    expect(member.path).toBe(auto.path);
+  });
+
   it('an unmappable peer does not decide for the group: its copies are not a measurement of mapping', () => {
     let clock = 0;
     const auto = group(() => clock);
