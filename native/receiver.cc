@@ -43,6 +43,8 @@ constexpr size_t kMaxChunkSize = 64u << 20;
 constexpr unsigned kZeroMapStreakLimit = 8;
 constexpr unsigned kCopyOnlyCycles = 256;
 constexpr unsigned kMaxDrainMarkSteps = 16;
+// Reads into reused memory after the consumer was last seen holding a copied chunk.
+constexpr unsigned kBlockReadsAfterHeld = 64;
 
 void OnHandleClosed(uv_handle_t* handle) {
   auto* handles = static_cast<UvHandles*>(handle->data);
@@ -210,6 +212,7 @@ Receiver::~Receiver() {
   // The wrapper is being collected (or the environment torn down): its reference is gone.
   held_ = false;
   Shutdown();
+  if (last_large_copy_ != nullptr) napi_delete_reference(Env(), last_large_copy_);
 }
 
 void Receiver::Shutdown() {
@@ -637,10 +640,54 @@ void Receiver::ZerocopyCycle(Batch* batch) {
   if (to_recv > 0) ReadCopied(batch, to_recv);
 }
 
-// One copied chunk: up to `recv_len` (> 0) bytes read from the socket.
+// One copied chunk: up to `recv_len` (> 0) bytes read from the socket. Large reads go
+// into reused memory (CopyBlocks) while the consumer holds chunks past the next read
+// (writes to a socket or a file): then malloc gives freed chunks back to the kernel and
+// the next ones fault their pages in again. A consumer that releases each chunk before
+// the next read gets memory malloc reuses by itself, without the event-loop wake-up an
+// external Buffer's release costs (forwarding at 4 MiB: 444 against 918 ms/GB with
+// blocks; reading lines at 1 MiB: 204 against 178 had every chunk gone into a block).
 void Receiver::ReadCopied(Batch* batch, size_t recv_len) {
-  // Large reads go into reused memory (CopyBlocks).
-  if (recv_len >= CopyBlocks::kMinBlockBytes && ReadCopiedIntoBlock(batch, recv_len)) return;
+  if (recv_len < CopyBlocks::kMinBlockBytes) {
+    ReadCopiedIntoOwnBuffer(batch, recv_len);
+    return;
+  }
+  int before = batch->count;
+  if (!ConsumerHoldsCopies() || !ReadCopiedIntoBlock(batch, recv_len)) ReadCopiedIntoOwnBuffer(batch, recv_len);
+  if (batch->count > before) RememberLargeCopy(batch->chunks[batch->count - 1]);
+}
+
+// Whether the consumer still held the last large copied chunk (not released) when this
+// read came; once it did, the next kBlockReadsAfterHeld reads use blocks.
+bool Receiver::ConsumerHoldsCopies() {
+  if (copy_blocks_ == nullptr || !external_buffers_) return false;
+  bool held = false;
+  napi_env env = Env();
+  napi_value buffer = nullptr;
+  if (last_large_copy_ != nullptr && napi_get_reference_value(env, last_large_copy_, &buffer) == napi_ok &&
+      buffer != nullptr) {
+    napi_value array_buffer = nullptr;
+    bool detached = true;
+    held = napi_get_typedarray_info(env, buffer, nullptr, nullptr, nullptr, &array_buffer, nullptr) == napi_ok &&
+           napi_is_detached_arraybuffer(env, array_buffer, &detached) == napi_ok && !detached;
+  }
+  if (held) {
+    block_reads_left_ = kBlockReadsAfterHeld;
+  } else if (block_reads_left_ > 0) {
+    block_reads_left_--;
+  }
+  return block_reads_left_ > 0;
+}
+
+void Receiver::RememberLargeCopy(napi_value buffer) {
+  napi_env env = Env();
+  if (last_large_copy_ != nullptr) napi_delete_reference(env, last_large_copy_);
+  last_large_copy_ = nullptr;
+  napi_create_reference(env, buffer, 0, &last_large_copy_);  // weak: failing only costs the heuristic
+}
+
+// ReadCopied into a Buffer of its own (malloc'd by Node).
+void Receiver::ReadCopiedIntoOwnBuffer(Batch* batch, size_t recv_len) {
   napi_env env = Env();
   void* raw = nullptr;
   napi_value buffer;
@@ -721,6 +768,7 @@ bool Receiver::ReadCopiedIntoBlock(Batch* batch, size_t recv_len) {
       return true;
     }
     AddCopied(batch, buffer, length);
+    stats_.chunks_in_reused_memory++;
     return true;
   }
   if (status == napi_no_external_buffers_allowed) {
@@ -817,6 +865,7 @@ Napi::Value Receiver::GetStats(const Napi::CallbackInfo& info) {
   stats.Set("bytesCopiedPoolFull", stats_.bytes_copied_pool_full);
   stats.Set("chunksMapped", stats_.chunks_mapped);
   stats.Set("chunksCopied", stats_.chunks_copied);
+  stats.Set("chunksInReusedMemory", stats_.chunks_in_reused_memory);
   stats.Set("wakeups", stats_.wakeups);
   stats.Set("zerocopyCalls", stats_.zerocopy_calls);
   stats.Set("recvCalls", stats_.recv_calls);

@@ -65,7 +65,10 @@ class Receiver : public Napi::ObjectWrap<Receiver>, private PoolWaiter {
   void CopyCycle(Batch* batch);
   void DrainCycle(Batch* batch);
   void ReadCopied(Batch* batch, size_t recv_len);
+  void ReadCopiedIntoOwnBuffer(Batch* batch, size_t recv_len);
   bool ReadCopiedIntoBlock(Batch* batch, size_t recv_len);
+  bool ConsumerHoldsCopies();
+  void RememberLargeCopy(napi_value buffer);
   void AddCopiedFrom(Batch* batch, const uint8_t* data, size_t length);
   void AddMapped(Batch* batch, MappedChunk* chunk);
   void AddCopied(Batch* batch, napi_value buffer, size_t length);
@@ -80,7 +83,11 @@ class Receiver : public Napi::ObjectWrap<Receiver>, private PoolWaiter {
   Napi::FunctionReference on_event_;
   std::shared_ptr<MappingPool> pool_;
   std::shared_ptr<CopyBlocks> copy_blocks_;  // null: no reuse in this environment
-  UvHandles* handles_ = nullptr;             // null once closing
+  // The last large copied chunk's Buffer (weak), to see whether the consumer still holds
+  // it when the next one is read; and how many more reads go into blocks since it did.
+  napi_ref last_large_copy_ = nullptr;
+  unsigned block_reads_left_ = 0;
+  UvHandles* handles_ = nullptr;  // null once closing
 
   Mode mode_;
   PoolFull pool_full_policy_;
@@ -115,6 +122,7 @@ class Receiver : public Napi::ObjectWrap<Receiver>, private PoolWaiter {
     double bytes_copied_pool_full = 0;
     double chunks_mapped = 0;
     double chunks_copied = 0;
+    double chunks_in_reused_memory = 0;
     double wakeups = 0;
     double zerocopy_calls = 0;
     double recv_calls = 0;

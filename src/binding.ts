@@ -27,6 +27,7 @@ export interface NativeReceiverStats {
   bytesCopiedDraining: number;
   chunksMapped: number;
   chunksCopied: number;
+  chunksInReusedMemory: number;
   wakeups: number;
   zerocopyCalls: number;
   recvCalls: number;

@@ -56,6 +56,11 @@ export interface ReceiverStats {
   chunksMapped: number;
   /** Chunks delivered as copies. */
   chunksCopied: number;
+  /**
+   * Copied chunks received into memory that released ones gave back (128 KiB and more,
+   * while the consumer holds chunks past the next read; see poolStats().idleCopyBytes).
+   */
+  chunksInReusedMemory: number;
   /** Readiness wake-ups handled. */
   wakeups: number;
   /** getsockopt(TCP_ZEROCOPY_RECEIVE) calls. */
@@ -336,6 +341,7 @@ export class Receiver implements ZeroCopyReceiver {
       bytesCopiedDraining: raw.bytesCopiedDraining,
       chunksMapped: raw.chunksMapped,
       chunksCopied: raw.chunksCopied,
+      chunksInReusedMemory: raw.chunksInReusedMemory,
       wakeups: raw.wakeups,
       zerocopyCalls: raw.zerocopyCalls,
       recvCalls: raw.recvCalls,
@@ -678,6 +684,7 @@ export function socketCopySource(socket: net.Socket, onEvent: NativeEventHandler
     bytesCopiedDraining: 0,
     chunksMapped: 0,
     chunksCopied: 0,
+    chunksInReusedMemory: 0,
     wakeups: 0,
     zerocopyCalls: 0,
     recvCalls: 0,
