@@ -57,8 +57,9 @@ export interface ReceiverStats {
   /** Chunks delivered as copies. */
   chunksCopied: number;
   /**
-   * Copied chunks received into memory that released ones gave back (128 KiB and more,
-   * while the consumer holds chunks past the next read; see poolStats().idleCopyBytes).
+   * Copied chunks received into the package's reusable blocks (128 KiB and more, while the
+   * consumer holds chunks past the next read; see poolStats().idleCopyBytes). Always 0 on
+   * Node 21+ (where ArrayBuffer.prototype.transfer exists) and without the addon.
    */
   chunksInReusedMemory: number;
   /** Readiness wake-ups handled. */
