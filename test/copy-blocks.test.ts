@@ -114,14 +114,18 @@ describe.skipIf(transferExists)('copied chunks reuse memory', () => {
     expect(received).toBe(bytes);
     expect(receiver.stats.bytesCopied).toBe(bytes);
     // The sink's socket buffer fills, so chunks are still held (in writes) at the next read
-    // (224-251 of 257 measured).
-    expect(receiver.stats.chunksInReusedMemory).toBeGreaterThan(0.5 * receiver.stats.chunksCopied);
+    // (224-255 of 257 measured). Not under test:asan: there the receiver is slower than
+    // the sink, each write completes before the next read, and no block is needed (0 of
+    // 267 in CI's ASan pass).
+    if (!underAsan) {
+      expect(receiver.stats.chunksInReusedMemory).toBeGreaterThan(0.5 * receiver.stats.chunksCopied);
+    }
     // 65,536 pages were received. Into fresh memory for each chunk that is up to one fault
-    // per page (9,000-24,000 measured); into reused memory about 1,400. Not under test:asan,
+    // per page (9,000-24,000 measured); into reused memory 1,400-2,500. Not under test:asan,
     // whose allocator and shadow memory fault on their own (4,200 with reuse).
     if (!underAsan) expect(faults).toBeLessThan(bytes / 4096 / 16);
     await settle();
-    expect(poolStats().idleCopyBytes).toBeGreaterThanOrEqual(MiB);
+    if (!underAsan) expect(poolStats().idleCopyBytes).toBeGreaterThanOrEqual(MiB);
   });
 
   it('keeps at most 32 MiB idle, and only what chunks gave back', async () => {
