@@ -16,6 +16,7 @@
             "native/pool.cc",
             "native/probe.cc",
             "native/receiver.cc",
+            "native/receiver_copy.cc",
             "native/write_fault.cc"
           ],
           "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],

@@ -64,6 +64,7 @@ class Receiver : public Napi::ObjectWrap<Receiver>, private PoolWaiter {
   void ZerocopyCycle(Batch* batch);
   void CopyCycle(Batch* batch);
   void DrainCycle(Batch* batch);
+  int SocketFd() const;  // the dup'd socket the steps read; only while handles_ is set
   void ReadCopied(Batch* batch, size_t recv_len);
   void ReadCopiedIntoOwnBuffer(Batch* batch, size_t recv_len);
   bool ReadCopiedIntoBlock(Batch* batch, size_t recv_len);
