@@ -40,7 +40,6 @@ class CopyBlocks : public std::enable_shared_from_this<CopyBlocks> {
   void Give(CopyBlock* block);
 
   size_t idle_bytes() const { return idle_bytes_; }
-  size_t idle_blocks() const { return idle_.size(); }
 
  private:
   static void Free(CopyBlock* block);
