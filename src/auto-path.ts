@@ -213,8 +213,8 @@ export class AutoPath {
       current.path === 'zerocopy' &&
       this.#window.mapped < MIN_MAPPED_SHARE * this.#window.bytes
     ) {
-      // Mostly copies (peers found unmappable only at the end of their first window):
-      // not a measurement of mapping. The same window again.
+      // Mostly copies (peers found unmappable only at the end of a probe): not a
+      // measurement of mapping. The same window again.
       this.#window = emptyTotals();
       this.#windowStartNs = now;
       return;
@@ -326,7 +326,7 @@ class Member implements AutoPathMember {
   #left = false;
   // What it was on and why when it left: its stats stay as they were at its end.
   #final: { path: ReceivePath; decision: string; cost: MeasuredCost } | null = null;
-  // Its own stream's mappability, judged over its first `probeBytes` on zero-copy.
+  // Its own stream's mappability, judged per `probeBytes` it receives on zero-copy.
   #zerocopyBytes = 0;
   #zerocopyMapped = 0;
   #ownDecision: string | null = null; // set while it copies on its own
@@ -382,24 +382,31 @@ class Member implements AutoPathMember {
       this.#group.staleDelivered();
       return;
     }
-    if (this.#group.path === 'zerocopy' && this.#zerocopyBytes < this.#probeBytes && !this.#probe(bytes, mappedBytes)) {
-      return;
-    }
+    // Probed for as long as it follows: a stream can stop being mappable (a zero-copy error
+    // made its source copy for good, the route to the peer changed), and its copies would
+    // then make every zero-copy window of the group "mostly copies", measured again and
+    // again, so the group would never decide.
+    if (this.#group.path === 'zerocopy' && !this.#probe(bytes, mappedBytes)) return;
     this.#group.delivered(bytes, mappedBytes);
   }
 
   /**
-   * Counts a delivery on zero-copy towards the probe of this stream's mappability. False
-   * once the probe found it mostly unmappable: it copies on its own from here on. A
-   * re-probe that finds it mappable puts it back on the group's path.
+   * Counts a delivery on zero-copy towards the probe of this stream's mappability, one
+   * probe per `probeBytes` on zero-copy. False once a probe found it mostly unmappable: it
+   * copies on its own from here on. A re-probe that finds it mappable puts it back on the
+   * group's path.
    */
   #probe(bytes: number, mappedBytes: number): boolean {
     this.#zerocopyBytes += bytes;
     this.#zerocopyMapped += mappedBytes;
     if (this.#zerocopyBytes < this.#probeBytes) return true;
-    if (this.#zerocopyMapped < MIN_MAPPED_SHARE * this.#zerocopyBytes) {
+    const unmappable = this.#zerocopyMapped < MIN_MAPPED_SHARE * this.#zerocopyBytes;
+    const share = this.#zerocopyMapped / this.#zerocopyBytes;
+    this.#zerocopyBytes = 0;
+    this.#zerocopyMapped = 0;
+    if (unmappable) {
       // Nothing to gain from mapping a stream that is mostly not mappable.
-      this.#ownDecision = `copy: only ${percent(this.#zerocopyMapped / this.#zerocopyBytes)} of the stream could be mapped`;
+      this.#ownDecision = `copy: only ${percent(share)} of the stream could be mapped`;
       this.#ownBytes = 0;
       this.#reprobing = false;
       this.#setPath('copy');

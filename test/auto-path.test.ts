@@ -216,18 +216,51 @@ describe('AutoPath (the decision, with an injected cost source)', () => {
     expect(plain.path).toBe('copy');
   });
 
-  it('zero-copy windows that were mostly copies are measured again', () => {
+  it('a stream that stops being mappable while it follows copies on its own after its next probe', () => {
     let clock = 0;
     const auto = group(() => clock);
-    const member = auto.join(() => undefined);
-    // Mappable in its probe, then (path to the peer changed) no longer mappable.
+    const paths: ReceivePath[] = [];
+    const member = auto.join((path) => paths.push(path));
+    // Mappable in its first probe, then (a zero-copy error made its source copy for good,
+    // or the path to the peer changed) no longer mappable.
     for (let i = 0; i < 10; i++) member.delivered(100, 100);
-    for (let i = 0; i < 200; i++) {
+    // The group's copy windows, then its first measured zero-copy one: a probe's worth of
+    // copies there, and the member goes.
+    for (let i = 0; i < 100 && member.decision.startsWith('measuring'); i++) {
       clock += 100;
       member.delivered(100, 0);
     }
+    expect(paths).toEqual(['copy', 'zerocopy', 'copy']);
+    expect(member.path).toBe('copy');
+    expect(member.decision).toBe('copy: only 0.0% of the stream could be mapped');
+    // Its copies were no measurement of mapping: the zero-copy window was not counted.
     expect(auto.checks).toBe(0);
     expect(auto.cost.zerocopy).toBeNull();
+  });
+
+  it('a peer that stops being mappable does not keep the group from deciding, however many bytes it brings', () => {
+    let clock = 0;
+    const auto = group(() => clock);
+    const mappable = auto.join(() => undefined);
+    const turning = auto.join(() => undefined);
+    // Both map in their first probe; then the busier one stops being mappable. While it
+    // followed, it made every zero-copy window of the group mostly copies, and each such
+    // window was measured again, for ever.
+    let turned = false;
+    for (let i = 0; auto.checks === 0 && i < 5000; i++) {
+      clock += mappable.path === 'zerocopy' ? 80 : 120;
+      mappable.delivered(100, mappable.path === 'zerocopy' ? 100 : 0);
+      for (let k = 0; k < 9; k++) {
+        clock += 120;
+        turning.delivered(100, turning.path === 'zerocopy' && !turned ? 100 : 0);
+      }
+      if (i === 2) turned = true;
+    }
+    expect(turning.path).toBe('copy');
+    expect(turning.decision).toMatch(/^copy: only /);
+    expect(auto.checks).toBe(1);
+    expect(auto.path).toBe('zerocopy');
+    expect(mappable.path).toBe('zerocopy');
   });
 
   it('a group outlives its receivers (the next connection carries on); idle groups are bounded', () => {
