@@ -57,8 +57,9 @@ bool ArrayBufferTransferExists(napi_env env) {
 
 Addon::Addon(Napi::Env env, Napi::Object exports)
     : pool_(std::make_shared<MappingPool>(static_cast<size_t>(kDefaultMaxPinnedBytes))),
-      external_buffers_allowed_(ProbeExternalBuffers(env)) {
-  if (external_buffers_allowed_ && !ArrayBufferTransferExists(env)) copy_blocks_ = std::make_shared<CopyBlocks>();
+      external_buffers_allowed_(ProbeExternalBuffers(env)),
+      array_buffer_transfer_exists_(ArrayBufferTransferExists(env)) {
+  if (external_buffers_allowed_ && !array_buffer_transfer_exists_) copy_blocks_ = std::make_shared<CopyBlocks>();
   DefineAddon(exports, {
                            InstanceMethod<&Addon::Probe>("probe"),
                            InstanceMethod<&Addon::ReleaseChunk>("releaseChunk"),
@@ -108,6 +109,10 @@ Napi::Value Addon::ReleaseChunk(const Napi::CallbackInfo& info) {
     // pages stay mapped (a later release or the finalizer frees them).
     if (chunk != nullptr && napi_detach_arraybuffer(env, array_buffer) == napi_ok) {
       pool_->Release(chunk);
+      if (chunk->array_buffer_ref != nullptr) {
+        napi_delete_reference(env, static_cast<napi_ref>(chunk->array_buffer_ref));
+        chunk->array_buffer_ref = nullptr;
+      }
       released = true;
     }
   }

@@ -18,6 +18,9 @@ class Addon : public Napi::Addon<Addon> {
   // Null where copied chunks keep memory of their own.
   const std::shared_ptr<CopyBlocks>& copy_blocks() const { return copy_blocks_; }
   bool external_buffers_allowed() const { return external_buffers_allowed_; }
+  // ArrayBuffer.prototype.transfer exists (Node 21+, a flag on 20): a Buffer's memory can be
+  // moved into another ArrayBuffer, and from there to another thread.
+  bool array_buffer_transfer_exists() const { return array_buffer_transfer_exists_; }
 
  private:
   Napi::Value Probe(const Napi::CallbackInfo& info);
@@ -35,6 +38,7 @@ class Addon : public Napi::Addon<Addon> {
   // copied chunks cannot safely reuse memory (see ArrayBufferTransferExists).
   std::shared_ptr<CopyBlocks> copy_blocks_;
   bool external_buffers_allowed_;
+  bool array_buffer_transfer_exists_;
 };
 
 }  // namespace tcpzc

@@ -34,6 +34,9 @@ struct MappedChunk {
   // kept alive for the handler until the chunk is released.
   int write_fault_ticket = -1;
   std::shared_ptr<CopyOnWriteCounters> receiver_counters;
+  // A weak napi_ref to the chunk's ArrayBuffer where its memory could be moved out of it
+  // (see Receiver::AddMapped); the pool never touches it.
+  void* array_buffer_ref = nullptr;
 };
 
 // Address space for zero-copy receive, shared by every receiver of one environment.

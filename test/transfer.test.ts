@@ -1,0 +1,61 @@
+// ArrayBuffer.prototype.transfer() (Node 21+; a V8 flag on Node 20) moves a chunk's memory
+// into a plain ArrayBuffer, which postMessage can send to another thread. Node finalizes a
+// stopping worker's external Buffers whoever holds their memory: the package must not
+// free, reuse or unmap memory that moved there.
+import { spawnSync } from 'node:child_process';
+import * as path from 'node:path';
+
+import { describe, expect, it } from 'vitest';
+
+import { probe } from '../src/index';
+
+const transferExists = typeof (ArrayBuffer.prototype as { transfer?: unknown }).transfer === 'function';
+
+/** Runs test/fixtures/transfer-child.js; on Node 20 with transfer() behind its flag. */
+function runChild(args: string[], flags: string[] = []) {
+  const result = spawnSync(
+    process.execPath,
+    [
+      ...flags,
+      ...(transferExists ? [] : ['--harmony-rab-gsab-transfer']),
+      path.join(__dirname, 'fixtures', 'transfer-child.js'),
+      ...args,
+    ],
+    { encoding: 'utf8', timeout: 60_000 },
+  );
+  return { status: result.status, signal: result.signal, stderr: result.stderr, stdout: result.stdout };
+}
+
+describe('a chunk moved to another thread with ArrayBuffer.prototype.transfer', () => {
+  it('copied: its memory stays valid after its worker stops', () => {
+    // The memory copied chunks reuse was freed under the main thread here (exit 139)
+    // before they stopped reusing it where transfer() exists.
+    const result = runChild(['copy']);
+    expect(result.stderr).toBe('');
+    expect(result).toMatchObject({ status: 0, signal: null });
+    const moved = JSON.parse(result.stdout) as { checked: number; mapped: boolean };
+    expect(moved.mapped).toBe(false);
+    expect(moved.checked).toBeGreaterThanOrEqual(512 * 1024);
+  });
+
+  describe.skipIf(!probe().supported)('mapped', () => {
+    it('its pages stay mapped after its worker stops at once', () => {
+      // The stopping worker's finalizer dropped the pages under the main thread: SIGSEGV.
+      const result = runChild(['zerocopy']);
+      expect(result.stderr).toBe('');
+      expect(result).toMatchObject({ status: 0, signal: null });
+      const moved = JSON.parse(result.stdout) as { checked: number; mapped: boolean };
+      expect(moved.mapped).toBe(true);
+      expect(moved.checked).toBeGreaterThanOrEqual(512 * 1024);
+    });
+
+    it('its pages stay mapped after its worker released the chunk, collected its ArrayBuffer and stopped', () => {
+      const result = runChild(['zerocopy', 'gc'], ['--expose-gc']);
+      expect(result.stderr).toBe('');
+      expect(result).toMatchObject({ status: 0, signal: null });
+      const moved = JSON.parse(result.stdout) as { checked: number; mapped: boolean };
+      expect(moved.mapped).toBe(true);
+      expect(moved.checked).toBeGreaterThanOrEqual(512 * 1024);
+    });
+  });
+});
