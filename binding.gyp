@@ -13,6 +13,7 @@
             "native/addon.cc",
             "native/copy_blocks.cc",
             "native/errors.cc",
+            "native/move_watch.cc",
             "native/pool.cc",
             "native/probe.cc",
             "native/receiver.cc",

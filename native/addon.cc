@@ -57,9 +57,14 @@ bool ArrayBufferTransferExists(napi_env env) {
 
 Addon::Addon(Napi::Env env, Napi::Object exports)
     : pool_(std::make_shared<MappingPool>(static_cast<size_t>(kDefaultMaxPinnedBytes))),
-      external_buffers_allowed_(ProbeExternalBuffers(env)),
-      array_buffer_transfer_exists_(ArrayBufferTransferExists(env)) {
-  if (external_buffers_allowed_ && !array_buffer_transfer_exists_) copy_blocks_ = std::make_shared<CopyBlocks>();
+      external_buffers_allowed_(ProbeExternalBuffers(env)) {
+  if (external_buffers_allowed_) {
+    if (ArrayBufferTransferExists(env)) {
+      move_watch_ = std::make_shared<MoveWatch>(env, pool_);
+    } else {
+      copy_blocks_ = std::make_shared<CopyBlocks>();
+    }
+  }
   DefineAddon(exports, {
                            InstanceMethod<&Addon::Probe>("probe"),
                            InstanceMethod<&Addon::ReleaseChunk>("releaseChunk"),
@@ -109,10 +114,7 @@ Napi::Value Addon::ReleaseChunk(const Napi::CallbackInfo& info) {
     // pages stay mapped (a later release or the finalizer frees them).
     if (chunk != nullptr && napi_detach_arraybuffer(env, array_buffer) == napi_ok) {
       pool_->Release(chunk);
-      if (chunk->array_buffer_ref != nullptr) {
-        napi_delete_reference(env, static_cast<napi_ref>(chunk->array_buffer_ref));
-        chunk->array_buffer_ref = nullptr;
-      }
+      ForgetWatch(env, chunk);
       released = true;
     }
   }

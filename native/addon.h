@@ -5,6 +5,7 @@
 #include <memory>
 
 #include "copy_blocks.h"
+#include "move_watch.h"
 #include "pool.h"
 
 namespace tcpzc {
@@ -18,9 +19,8 @@ class Addon : public Napi::Addon<Addon> {
   // Null where copied chunks keep memory of their own.
   const std::shared_ptr<CopyBlocks>& copy_blocks() const { return copy_blocks_; }
   bool external_buffers_allowed() const { return external_buffers_allowed_; }
-  // ArrayBuffer.prototype.transfer exists (Node 21+, a flag on 20): a Buffer's memory can be
-  // moved into another ArrayBuffer, and from there to another thread.
-  bool array_buffer_transfer_exists() const { return array_buffer_transfer_exists_; }
+  // Null where a mapped chunk's memory cannot be moved out of its Buffer (no transfer()).
+  const std::shared_ptr<MoveWatch>& move_watch() const { return move_watch_; }
 
  private:
   Napi::Value Probe(const Napi::CallbackInfo& info);
@@ -38,7 +38,7 @@ class Addon : public Napi::Addon<Addon> {
   // copied chunks cannot safely reuse memory (see ArrayBufferTransferExists).
   std::shared_ptr<CopyBlocks> copy_blocks_;
   bool external_buffers_allowed_;
-  bool array_buffer_transfer_exists_;
+  std::shared_ptr<MoveWatch> move_watch_;
 };
 
 }  // namespace tcpzc

@@ -34,9 +34,11 @@ struct MappedChunk {
   // kept alive for the handler until the chunk is released.
   int write_fault_ticket = -1;
   std::shared_ptr<CopyOnWriteCounters> receiver_counters;
-  // A weak napi_ref to the chunk's ArrayBuffer where its memory could be moved out of it
-  // (see Receiver::AddMapped); the pool never touches it.
+  // Where its memory can be moved out of its Buffer (see MoveWatch): a weak napi_ref to its
+  // ArrayBuffer, and whether the memory was moved when the environment stopped (then it
+  // stays mapped, and so does the pool). The pool never touches either.
   void* array_buffer_ref = nullptr;
+  bool moved = false;
 };
 
 // Address space for zero-copy receive, shared by every receiver of one environment.
@@ -69,6 +71,10 @@ class MappingPool : public std::enable_shared_from_this<MappingPool> {
   void Release(MappedChunk* chunk);
   // The live chunk whose Buffer starts at `address`, or null.
   MappedChunk* Find(const uint8_t* address, size_t length) const;
+  template <typename Visit>
+  void ForEachLive(Visit visit) const {
+    for (const auto& entry : live_) visit(entry.second);
+  }
 
   // Registers a waiter to be told once, on the next release. Idempotent.
   void Wait(PoolWaiter* waiter);

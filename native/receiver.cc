@@ -56,30 +56,6 @@ void OnEnvCleanup(napi_async_cleanup_hook_handle, void* arg) { CloseHandles(stat
 
 double ToDouble(size_t value) { return static_cast<double>(value); }
 
-// A mapped chunk's finalizer normally runs once no ArrayBuffer holds its memory any more.
-// A stopping environment runs its external Buffers' finalizers regardless, with JS no
-// longer allowed. Then, where transfer() exists, a chunk whose own ArrayBuffer is gone or
-// detached (and not by release()) had its memory moved out: to another ArrayBuffer,
-// perhaps posted to another thread, which may still read it.
-bool MayBeHeldElsewhere(napi_env env, napi_ref array_buffer_ref) {
-  napi_handle_scope scope;
-  if (napi_open_handle_scope(env, &scope) != napi_ok) return true;
-  napi_value global = nullptr;
-  napi_value ignored = nullptr;
-  bool can_run_js = napi_get_global(env, &global) == napi_ok &&
-                    napi_get_named_property(env, global, "undefined", &ignored) == napi_ok;
-  bool held_elsewhere = false;
-  if (!can_run_js) {
-    napi_value array_buffer = nullptr;
-    bool detached = true;
-    held_elsewhere = napi_get_reference_value(env, array_buffer_ref, &array_buffer) != napi_ok ||
-                     array_buffer == nullptr || napi_is_detached_arraybuffer(env, array_buffer, &detached) != napi_ok ||
-                     detached;
-  }
-  napi_close_handle_scope(env, scope);
-  return held_elsewhere;
-}
-
 }  // namespace
 
 void CloseHandles(UvHandles* handles) {
@@ -170,7 +146,7 @@ Receiver::Receiver(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Receiver>(
     if (mode_ == Mode::kZerocopy) throw Napi::Error::New(env, "zero-copy receive unavailable: " + fallback_reason_);
   }
   pool_ = addon->pool();
-  watch_array_buffers_ = addon->array_buffer_transfer_exists();
+  move_watch_ = addon->move_watch();
 
   // The callback lives on the wrapper; on_event_ only finds it again without a property
   // lookup by name on every wake-up.
@@ -397,6 +373,9 @@ bool Receiver::RunCycle(int status) {
     CopyCycle(&batch);
   }
 
+  // Newer than the chunks just made, so finalized before them (see MoveWatch).
+  if (move_watch_ != nullptr) move_watch_->RenewSentinel();
+
   if (batch.eof && pending_error_ != 0) {
     // A reset seen while data was still queued is reported once that data is delivered.
     batch.eof = false;
@@ -476,27 +455,17 @@ void Receiver::AddMapped(Batch* batch, MappedChunk* chunk) {
       env, chunk->length, chunk->address,
       [](napi_env env, void*, void* hint) {
         auto* mapped = static_cast<MappedChunk*>(hint);
-        if (mapped->array_buffer_ref != nullptr) {
-          auto array_buffer_ref = static_cast<napi_ref>(mapped->array_buffer_ref);
-          // Left mapped for good, with its pool: a leak, where releasing could crash a thread.
-          if (!mapped->released && MayBeHeldElsewhere(env, array_buffer_ref)) return;
-          napi_delete_reference(env, array_buffer_ref);
-          mapped->array_buffer_ref = nullptr;
-        }
+        // Moved to another ArrayBuffer, perhaps another thread's (see MoveWatch): left
+        // mapped for good, with its pool; releasing it could crash that thread.
+        if (mapped->moved) return;
+        ForgetWatch(env, mapped);
         // Collected without release(): give the pages back now.
         mapped->pool->Release(mapped);
         delete mapped;
       },
       chunk, &buffer);
   if (status == napi_ok) {
-    // Where transfer() exists, watch the chunk's ArrayBuffer (weakly) for the finalizer.
-    napi_value array_buffer = nullptr;
-    napi_ref array_buffer_ref = nullptr;
-    if (watch_array_buffers_ &&
-        napi_get_typedarray_info(env, buffer, nullptr, nullptr, nullptr, &array_buffer, nullptr) == napi_ok &&
-        napi_create_reference(env, array_buffer, 0, &array_buffer_ref) == napi_ok) {
-      chunk->array_buffer_ref = array_buffer_ref;
-    }
+    if (move_watch_ != nullptr) move_watch_->Watch(buffer, chunk);
     // Not type-tagged (a private property per Buffer costs a map transition per chunk):
     // releaseChunk() finds a mapped chunk by its address among the pool's live chunks.
     batch->chunks[batch->count] = buffer;

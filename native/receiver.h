@@ -9,6 +9,7 @@
 #include <string>
 
 #include "copy_blocks.h"
+#include "move_watch.h"
 #include "pool.h"
 
 namespace tcpzc {
@@ -84,7 +85,7 @@ class Receiver : public Napi::ObjectWrap<Receiver>, private PoolWaiter {
   Napi::FunctionReference on_event_;
   std::shared_ptr<MappingPool> pool_;
   std::shared_ptr<CopyBlocks> copy_blocks_;  // null: no reuse in this environment
-  bool watch_array_buffers_ = false;         // transfer() exists: see AddMapped
+  std::shared_ptr<MoveWatch> move_watch_;    // null: chunks' memory cannot be moved out
   // The last large copied chunk's Buffer (weak), to see whether the consumer still holds
   // it when the next one is read; and how many more reads go into blocks since it did.
   napi_ref last_large_copy_ = nullptr;

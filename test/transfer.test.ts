@@ -11,14 +11,14 @@ import { probe } from '../src/index';
 
 const transferExists = typeof (ArrayBuffer.prototype as { transfer?: unknown }).transfer === 'function';
 
-/** Runs test/fixtures/transfer-child.js; on Node 20 with transfer() behind its flag. */
-function runChild(args: string[], flags: string[] = []) {
+/** Runs a fixture; on Node 20 with transfer() behind its flag. */
+function runChild(args: string[], flags: string[] = [], fixture = 'transfer-child.js') {
   const result = spawnSync(
     process.execPath,
     [
       ...flags,
       ...(transferExists ? [] : ['--harmony-rab-gsab-transfer']),
-      path.join(__dirname, 'fixtures', 'transfer-child.js'),
+      path.join(__dirname, 'fixtures', fixture),
       ...args,
     ],
     { encoding: 'utf8', timeout: 60_000 },
@@ -56,6 +56,16 @@ describe('a chunk moved to another thread with ArrayBuffer.prototype.transfer', 
       const moved = JSON.parse(result.stdout) as { checked: number; mapped: boolean };
       expect(moved.mapped).toBe(true);
       expect(moved.checked).toBeGreaterThanOrEqual(512 * 1024);
+    });
+
+    it('a worker that stops holding chunks it never released (none moved) leaves no mapping behind', () => {
+      // Watching for moved memory must not take every unreleased chunk for moved: Node
+      // detaches a stopping worker's ArrayBuffers itself before their finalizers run.
+      // An earlier version left each worker's pool mapped here.
+      const result = runChild([], [], 'worker-holding-child.js');
+      expect(result.stderr).toBe('');
+      expect(result).toMatchObject({ status: 0, signal: null });
+      expect(JSON.parse(result.stdout)).toEqual({ held: 12, leakedMappings: 0 });
     });
   });
 });
