@@ -4,7 +4,11 @@ namespace tcpzc {
 
 struct MoveWatchState {
   std::shared_ptr<MappingPool> pool;
-  bool marked = false;  // the environment is stopping and moved chunks are marked
+  // The hint of the sentinel now held: only it marks. It is held until the environment
+  // stops, so it is finalized from Node's queue of external Buffers, after the finalizers
+  // still pending from collections have run (an older sentinel finalized then would take
+  // the chunks collected with it, whose finalizers have not run yet, for moved).
+  const void* current = nullptr;
 };
 
 namespace {
@@ -31,11 +35,10 @@ bool MovedOut(napi_env env, const MappedChunk* chunk) {
 void FinalizeSentinel(napi_env env, void* /*data*/, void* hint) {
   auto* state = static_cast<std::shared_ptr<MoveWatchState>*>(hint);
   MoveWatchState& watch = **state;
-  // Only the first sentinel finalized while stopping marks: it runs before any chunk's
-  // finalizer (it is newer than all of them, or a collected one run earlier), later ones
-  // would see ArrayBuffers Node has detached itself.
-  if (!watch.marked && EnvironmentStopping(env)) {
-    watch.marked = true;
+  // Newer than every mapped chunk, it is finalized before them, while their ArrayBuffers
+  // are still as JS left them.
+  if (watch.current == hint && EnvironmentStopping(env)) {
+    watch.current = nullptr;
     napi_handle_scope scope;
     bool scoped = napi_open_handle_scope(env, &scope) == napi_ok;
     watch.pool->ForEachLive([&](MappedChunk* chunk) {
@@ -49,7 +52,7 @@ void FinalizeSentinel(napi_env env, void* /*data*/, void* hint) {
 }  // namespace
 
 MoveWatch::MoveWatch(napi_env env, std::shared_ptr<MappingPool> pool)
-    : env_(env), state_(std::make_shared<MoveWatchState>(MoveWatchState{std::move(pool), false})) {}
+    : env_(env), state_(std::make_shared<MoveWatchState>(MoveWatchState{std::move(pool), nullptr})) {}
 
 MoveWatch::~MoveWatch() {
   // At environment teardown: the reference goes with the environment.
@@ -85,6 +88,7 @@ void MoveWatch::RenewSentinel() {
   if (napi_create_reference(env_, buffer, 1, &strong) != napi_ok) return;
   if (sentinel_ != nullptr) napi_delete_reference(env_, sentinel_);
   sentinel_ = strong;
+  state_->current = hint;
   sentinel_stale_ = false;
 }
 
