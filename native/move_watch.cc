@@ -54,10 +54,6 @@ void FinalizeSentinel(napi_env env, void* /*data*/, void* hint) {
 MoveWatch::MoveWatch(napi_env env, std::shared_ptr<MappingPool> pool)
     : env_(env), state_(std::make_shared<MoveWatchState>(MoveWatchState{std::move(pool), nullptr})) {}
 
-MoveWatch::~MoveWatch() {
-  // At environment teardown: the reference goes with the environment.
-}
-
 void MoveWatch::Watch(napi_value buffer, MappedChunk* chunk) {
   napi_value array_buffer = nullptr;
   napi_ref weak = nullptr;

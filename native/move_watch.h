@@ -24,7 +24,6 @@ struct MoveWatchState;
 class MoveWatch {
  public:
   MoveWatch(napi_env env, std::shared_ptr<MappingPool> pool);
-  ~MoveWatch();
   MoveWatch(const MoveWatch&) = delete;
   MoveWatch& operator=(const MoveWatch&) = delete;
 
@@ -37,6 +36,8 @@ class MoveWatch {
  private:
   napi_env env_;
   std::shared_ptr<MoveWatchState> state_;
+  // Strong, so the sentinel lives until the environment stops (never deleted then: the
+  // sentinel must be finalized with the chunks, and the environment is going anyway).
   napi_ref sentinel_ = nullptr;
   bool sentinel_stale_ = false;
 };

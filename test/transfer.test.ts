@@ -22,36 +22,31 @@ function runChild(args: string[], flags: string[] = [], fixture = 'transfer-chil
   return { status: result.status, signal: result.signal, stderr: result.stderr, stdout: result.stdout };
 }
 
+/** Runs transfer-child.js: the main thread read the moved bytes intact, and nothing died. */
+function expectMovedIntact(args: string[], mapped: boolean, flags: string[] = []): void {
+  const result = runChild(args, flags);
+  expect(result.stderr).toBe('');
+  expect(result).toMatchObject({ status: 0, signal: null });
+  const moved = JSON.parse(result.stdout) as { checked: number; mapped: boolean };
+  expect(moved.mapped).toBe(mapped);
+  expect(moved.checked).toBeGreaterThanOrEqual(512 * 1024);
+}
+
 describe('a chunk moved to another thread with ArrayBuffer.prototype.transfer', () => {
   it('copied: its memory stays valid after its worker stops', () => {
     // The memory copied chunks reuse was freed under the main thread here (exit 139)
     // before they stopped reusing it where transfer() exists.
-    const result = runChild(['copy']);
-    expect(result.stderr).toBe('');
-    expect(result).toMatchObject({ status: 0, signal: null });
-    const moved = JSON.parse(result.stdout) as { checked: number; mapped: boolean };
-    expect(moved.mapped).toBe(false);
-    expect(moved.checked).toBeGreaterThanOrEqual(512 * 1024);
+    expectMovedIntact(['copy'], false);
   });
 
   describe.skipIf(!probe().supported)('mapped', () => {
     it('its pages stay mapped after its worker stops at once', () => {
       // The stopping worker's finalizer dropped the pages under the main thread: SIGSEGV.
-      const result = runChild(['zerocopy']);
-      expect(result.stderr).toBe('');
-      expect(result).toMatchObject({ status: 0, signal: null });
-      const moved = JSON.parse(result.stdout) as { checked: number; mapped: boolean };
-      expect(moved.mapped).toBe(true);
-      expect(moved.checked).toBeGreaterThanOrEqual(512 * 1024);
+      expectMovedIntact(['zerocopy'], true);
     });
 
     it('its pages stay mapped after its worker released the chunk, collected its ArrayBuffer and stopped', () => {
-      const result = runChild(['zerocopy', 'gc'], ['--expose-gc']);
-      expect(result.stderr).toBe('');
-      expect(result).toMatchObject({ status: 0, signal: null });
-      const moved = JSON.parse(result.stdout) as { checked: number; mapped: boolean };
-      expect(moved.mapped).toBe(true);
-      expect(moved.checked).toBeGreaterThanOrEqual(512 * 1024);
+      expectMovedIntact(['zerocopy', 'gc'], true, ['--expose-gc']);
     });
 
     it('a worker that stops holding chunks it never released (none moved) leaves no mapping behind', () => {
