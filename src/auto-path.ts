@@ -400,11 +400,10 @@ class Member implements AutoPathMember {
     this.#zerocopyBytes += bytes;
     this.#zerocopyMapped += mappedBytes;
     if (this.#zerocopyBytes < this.#probeBytes) return true;
-    const unmappable = this.#zerocopyMapped < MIN_MAPPED_SHARE * this.#zerocopyBytes;
     const share = this.#zerocopyMapped / this.#zerocopyBytes;
     this.#zerocopyBytes = 0;
     this.#zerocopyMapped = 0;
-    if (unmappable) {
+    if (share < MIN_MAPPED_SHARE) {
       // Nothing to gain from mapping a stream that is mostly not mappable.
       this.#ownDecision = `copy: only ${percent(share)} of the stream could be mapped`;
       this.#ownBytes = 0;
