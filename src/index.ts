@@ -161,6 +161,11 @@ function processCpuNs(): number {
   return (usage.user + usage.system) * 1000;
 }
 
+/** Minor page faults of the process so far: auto mode tells windows that paid for fresh memory. */
+function processPageFaults(): number {
+  return process.resourceUsage().minorPageFault;
+}
+
 /** Auto mode's smallest measurement window. */
 const AUTO_WINDOW_BYTES = 8 * 1024 * 1024;
 const OPTION_NAMES = new Set(['chunkSize', 'mode', 'autoGroup', 'whenPoolFull', 'flushDelayMs', 'signal']);
@@ -311,6 +316,7 @@ export function attach(socket: net.Socket, options: AttachOptions = {}): ZeroCop
           ? autoPathFor(settings.autoGroup, settings.chunkSize, {
               windowBytes: Math.max(AUTO_WINDOW_BYTES, 4 * settings.chunkSize),
               cpuNs: processCpuNs,
+              pageFaults: processPageFaults,
             })
           : undefined,
         autoUnavailable: settings.mode === 'auto' && !measure ? (probe().reason ?? 'zero-copy unavailable') : undefined,

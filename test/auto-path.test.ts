@@ -12,23 +12,30 @@ import { connectPaused, drain, listen, loopbackFixture, MiB } from './helpers';
 describe('AutoPath (the decision, with an injected cost source)', () => {
   const WINDOW = 1000;
 
-  function group(clock: () => number): AutoPath {
-    return new AutoPath({ windowBytes: WINDOW, recheckEvery: 20, cpuNs: clock });
+  function group(clock: () => number, pageFaults?: () => number): AutoPath {
+    return new AutoPath({ windowBytes: WINDOW, recheckEvery: 20, cpuNs: clock, pageFaults });
   }
 
-  /** Feeds `bytes` in deliveries of 100 while the clock charges `cost(path)` µs per MB (ns per 1000 bytes). */
+  /**
+   * Feeds `bytes` in deliveries of 100 while the clock charges `cost(path)` µs per MB (ns
+   * per 1000 bytes) and, given `faults`, the page-fault counter counts `faults(path)`.
+   */
   function run(
     cost: (path: ReceivePath, delivery: number) => number,
     bytes: number,
     mappable = true,
+    faults?: (path: ReceivePath) => number,
   ): { auto: AutoPath; paths: ReceivePath[] } {
     let clock = 0;
+    let faultCount = 0;
     const paths: ReceivePath[] = [];
-    const auto = group(() => clock);
+    const auto = group(() => clock, faults && (() => faultCount));
     const member = auto.join((path) => paths.push(path));
     for (let i = 0; i * 100 < bytes; i++) {
-      clock += (100 * cost(member.path, i)) / 1000;
-      member.delivered(100, member.path === 'zerocopy' && mappable ? 100 : 0);
+      const path = member.path;
+      clock += (100 * cost(path, i)) / 1000;
+      faultCount += faults?.(path) ?? 0;
+      member.delivered(100, path === 'zerocopy' && mappable ? 100 : 0);
     }
     return { auto, paths };
   }
@@ -97,6 +104,58 @@ describe('AutoPath (the decision, with an injected cost source)', () => {
     expect(auto.checks).toBe(1);
     expect(auto.path).toBe('copy');
     expect(auto.cost.copy).toBeCloseTo(80, 6);
+  });
+
+  describe('windows that paid for fresh memory', () => {
+    /**
+     * Copying costs 100, mapping 200; but copying's first measured window, and its first
+     * window after each switch back from mapping, fault in fresh memory and cost 3000 (a
+     * forwarder at 4 MiB chunks whose copies moved to reused blocks mid-measurement).
+     */
+    function firstUseAfterSwitch(): { cost: (path: ReceivePath) => number; faults: (path: ReceivePath) => number } {
+      const seen = { zerocopy: 0, copy: 0 };
+      let last: ReceivePath | null = null;
+      let sinceSwitch = 0;
+      let inflated = false;
+      const cost = (path: ReceivePath): number => {
+        if (path !== last) {
+          last = path;
+          sinceSwitch = 0;
+        }
+        const n = seen[path]++;
+        const k = sinceSwitch++;
+        // Deliveries 11-20 are copying's first measured window; after a later switch, 0
+        // only starts the window and 1-10 are its first.
+        inflated = path === 'copy' && ((n >= 11 && n <= 20) || (n > 20 && k >= 1 && k <= 10));
+        if (path === 'copy') return inflated ? 3000 : 100;
+        return 200;
+      };
+      return { cost, faults: () => (inflated ? 30 : 0) };
+    }
+
+    it('measures such a window again (without the fault count, the same windows mislead it)', () => {
+      const withFaults = firstUseAfterSwitch();
+      const { auto } = run(withFaults.cost, 30 * WINDOW, true, withFaults.faults);
+      expect(auto.checks).toBe(1);
+      expect(auto.path).toBe('copy');
+      expect(auto.cost.copy).toBeCloseTo(100, 6);
+
+      const blind = run(firstUseAfterSwitch().cost, 30 * WINDOW);
+      expect(blind.auto.checks).toBe(1);
+      expect(blind.auto.path).toBe('zerocopy');
+    });
+
+    it('measures a window again only once: a path that always faults is still measured', () => {
+      const { auto } = run(
+        (path) => (path === 'copy' ? 100 : 200),
+        40 * WINDOW,
+        true,
+        (path) => (path === 'copy' ? 30 : 0),
+      );
+      expect(auto.checks).toBe(1);
+      expect(auto.path).toBe('copy');
+      expect(auto.cost.copy).toBeCloseTo(100, 6);
+    });
   });
 
   /**
