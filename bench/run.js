@@ -5,6 +5,7 @@
 //   (c) net.Socket 'data' events      (d) net.Socket with onread reusing one buffer
 //   (e) C zero-copy reference (the kernel selftest's loop)   (f) C recv()
 //   (g) tcp-zerocopy auto mode (the default: picks (a) or (b) by measuring)
+//   (h) copy mode again, as a control: how far apart the same code measures in one run
 // each in its own process, receiving from the native sender: a MSG_ZEROCOPY pass at MSS
 // 4108, then a plain-send() pass. Each receiver hands what it gets to a consumer: 'lines'
 // reads one byte of every 64-byte line, 'none' reads nothing (the receive path alone),
@@ -118,11 +119,11 @@ const warmupBytes = parseSize(values.warmup);
 const chunks = values.chunks.split(',').map(parseSize);
 /** Which receivers run with which consumer (the C ones only read or not). */
 const consumerReceivers = {
-  lines: ['a', 'b', 'c', 'd', 'e', 'f', 'g'],
-  none: ['a', 'b', 'e', 'f', 'g'],
-  sha256: ['a', 'b', 'c', 'd', 'g'],
-  file: ['a', 'b', 'c', 'd', 'g'],
-  forward: ['a', 'b', 'c', 'd', 'g'],
+  lines: ['a', 'b', 'c', 'd', 'e', 'f', 'g', 'h'],
+  none: ['a', 'b', 'e', 'f', 'g', 'h'],
+  sha256: ['a', 'b', 'c', 'd', 'g', 'h'],
+  file: ['a', 'b', 'c', 'd', 'g', 'h'],
+  forward: ['a', 'b', 'c', 'd', 'g', 'h'],
 };
 const consumers = values.consumers.split(',').map((c) => {
   if (!(c in consumerReceivers)) throw new Error(`unknown consumer ${c}`);
@@ -142,6 +143,9 @@ const allReceivers = [
   { id: 'e', name: 'C zero-copy reference', bin: 'zc_ref_recv' },
   { id: 'f', name: 'C recv()', bin: 'recv_ref' },
   { id: 'g', name: 'tcp-zerocopy, auto mode', kind: 'auto' },
+  // The same receiver as (b): (h) against (b) is the resolution of this run's ratios, the
+  // yardstick for (g)'s 1.05x.
+  { id: 'h', name: 'tcp-zerocopy, copy mode again (control)', kind: 'copy' },
 ];
 const only = values.only?.split(',');
 const receivers = allReceivers.filter((r) => only === undefined || only.includes(r.id));
@@ -513,6 +517,7 @@ async function main() {
       cpuVsNetSocket: pairedRatio(r, ['c']),
       cpuVsCReference: pairedRatio(r, ['e']),
       cpuVsBestMode: best === null ? null : pairedRatio(r, [best]),
+      cpuVsCopyMode: r.receiver === 'h' ? pairedRatio(r, ['b']) : null,
     });
   }
 
@@ -582,6 +587,22 @@ function evaluateTargets(row) {
       met: over.length === 0,
     });
   }
+  if (has('b') && has('h')) {
+    const all = passes.flatMap((p) =>
+      consumers.flatMap((consumer) => chunks.map((c) => row(p.id, c, 'h', consumer)).filter((r) => r !== undefined)),
+    );
+    const over = all.filter((r) => r.cpuVsCopyMode > 1.05 || r.cpuVsCopyMode < 1 / 1.05);
+    const spread = all.map((r) => Math.max(r.cpuVsCopyMode, 1 / r.cpuVsCopyMode));
+    targets.push({
+      target: 'control, not a target: (h) against (b), the same code twice in one run',
+      measured:
+        `outside 0.95-1.05x in ${over.length} of ${all.length} rows, furthest ${Math.max(...spread).toFixed(2)}x apart` +
+        (over.length > 0
+          ? `: ${over.map((r) => `${r.pass}/${r.consumer}/${sizeName(r.chunk)} ${r.cpuVsCopyMode.toFixed(2)}x`).join(', ')}`
+          : ''),
+      met: null,
+    });
+  }
   if (has('a') && consumers.includes('lines') && passes.some((p) => p.id === 'zerocopy')) {
     const mapped = chunks.map((c) => ({ chunk: c, percent: row('zerocopy', c, 'a').mappedPercent }));
     targets.push({
@@ -634,7 +655,9 @@ function renderMarkdown(result) {
     }
   }
   lines.push('| target | measured | |', '|---|---|---|');
-  for (const t of result.targets) lines.push(`| ${t.target} | ${t.measured} | ${t.met ? 'met' : '**missed**'} |`);
+  for (const t of result.targets) {
+    lines.push(`| ${t.target} | ${t.measured} | ${t.met === null ? '' : t.met ? 'met' : '**missed**'} |`);
+  }
   lines.push('');
   return lines.join('\n');
 }
@@ -642,6 +665,8 @@ function renderMarkdown(result) {
 /** CPU per GB by chunk size, one line per receiver, one panel per sender. @param {any} result */
 function renderSvg(result) {
   const colors = { a: '#d62728', b: '#ff7f0e', c: '#1f77b4', d: '#17becf', e: '#2ca02c', f: '#7f7f7f', g: '#9467bd' };
+  // (h), the control, would draw over (b).
+  const charted = receivers.filter((r) => r.id in colors);
   const width = 900;
   const height = 440;
   const panelWidth = 380;
@@ -681,7 +706,7 @@ function renderSvg(result) {
     parts.push(
       `<text x="${left - 45}" y="${top + plotHeight / 2}" transform="rotate(-90 ${left - 45} ${top + plotHeight / 2})" text-anchor="middle">CPU ms per GB</text>`,
     );
-    for (const receiver of receivers) {
+    for (const receiver of charted) {
       const points = chunks
         .map((c, i) => {
           const r = result.rows.find(
@@ -699,7 +724,7 @@ function renderSvg(result) {
       }
     }
   });
-  receivers.forEach((receiver, i) => {
+  charted.forEach((receiver, i) => {
     const lx = 60 + (i % 3) * 280;
     const ly = top + plotHeight + 45 + Math.floor(i / 3) * 20;
     parts.push(
