@@ -16,11 +16,12 @@
 // Each receiver process first takes two unmeasured warm-up streams (--warmup, default
 // 256M in all; 0 for none), so the figures are a running server's, not its start-up's
 // (JIT, first page tables, and auto mode's first measurement, which a server makes once
-// per thread and group: up to 160 MiB at 4 MiB chunks). Two, because V8 optimizes
-// code that runs once per stream (the receiver's loop) on its second call: with one, a
-// 27 ms TurboFan compile of it landed in the measured stream. (Code that runs once per
-// chunk is optimized after a thousand-odd calls, within the measured GiB at 1 MiB chunks;
-// lowering V8's --interrupt-budget to get there sooner cost more than it saved.)
+// per thread and group: 160 MiB at 4 MiB chunks, up to 288 MiB if windows are measured
+// again). Two, because V8 optimizes code that runs once per stream (the receiver's loop)
+// on its second call: with one, a 27 ms TurboFan compile of it landed in the measured
+// stream. (Code that runs once per chunk is optimized after a thousand-odd calls, within
+// the measured GiB at 1 MiB chunks; lowering V8's --interrupt-budget to get there sooner
+// cost more than it saved.)
 // Syscalls are counted (perf) during the second warm-up stream, so the tracepoint's cost
 // is not in the measured one; the count includes the connection's set-up and, for auto
 // mode, any measuring windows still running.

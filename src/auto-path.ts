@@ -68,7 +68,8 @@ const SWITCH_MARGIN = 0.05;
  * Re-check distance: recheckEvery windows, times (ratio - 1) * RECHECK_STRETCH, within
  * [1, MAX_RECHECK_STRETCH]. The dearer path's windows in a re-check cost about (ratio - 1)
  * windows' worth of extra CPU, so this keeps re-checking under 1% of the CPU at any ratio
- * up to 5x (at the default 8 MiB windows, every 1 GiB up to 1.25x, every 16 GiB from 5x).
+ * up to 5x (at the default 8 MiB windows, every 1 GiB up to 1.25x, every 16 GiB from 5x),
+ * or under 2% where its windows pay for fresh memory and are measured again.
  */
 const RECHECK_STRETCH = 4;
 const MAX_RECHECK_STRETCH = 16;
@@ -81,6 +82,9 @@ const MAX_RECHECK_STRETCH = 16;
  * two or three of its four copy windows; where that hit both of the first two, mapping
  * looked clearly cheaper at twice copying's cost. Other windows faulted 0-121 pages per
  * 4,096. On this project's VM a first touch costs a host fault, about 20 µs a page.
+ * Mapping takes no such faults (the kernel inserts the pages). The window measured again
+ * no longer follows a switch, so what the other path left running (threadpool writes) is
+ * charged to neither: a slight lean towards the path that faulted, where it faulted.
  */
 const FIRST_USE_SHARE = 1 / 16;
 const PAGE_BYTES = 4096;
@@ -178,6 +182,7 @@ export class AutoPath {
     if (this.#members.size === 0) {
       // CPU the thread spent while nobody received belongs to no path.
       this.#window = emptyTotals();
+      this.#windowRetried = false;
       this.#startWindowClock();
     }
     const member = new Member(this, setPath, this.#windowBytes, this.#recheckEvery * this.#windowBytes);

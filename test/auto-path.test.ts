@@ -12,30 +12,38 @@ import { connectPaused, drain, listen, loopbackFixture, MiB } from './helpers';
 describe('AutoPath (the decision, with an injected cost source)', () => {
   const WINDOW = 1000;
 
-  function group(clock: () => number, pageFaults?: () => number): AutoPath {
-    return new AutoPath({ windowBytes: WINDOW, recheckEvery: 20, cpuNs: clock, pageFaults });
+  function group(clock: () => number): AutoPath {
+    return new AutoPath({ windowBytes: WINDOW, recheckEvery: 20, cpuNs: clock });
   }
 
   /**
-   * Feeds `bytes` in deliveries of 100 while the clock charges `cost(path)` µs per MB (ns
-   * per 1000 bytes) and, given `faults`, the page-fault counter counts `faults(path)`.
+   * Feeds `bytes / 100` deliveries (of 100 bytes, or `scale` times that in windows `scale`
+   * times WINDOW) while the clock charges `cost(path)` µs per MB (ns per 1000 bytes) and,
+   * given `faults`, the page-fault counter counts `faults(path)` per delivery.
    */
   function run(
     cost: (path: ReceivePath, delivery: number) => number,
     bytes: number,
     mappable = true,
     faults?: (path: ReceivePath) => number,
+    scale = 1,
   ): { auto: AutoPath; paths: ReceivePath[] } {
     let clock = 0;
     let faultCount = 0;
     const paths: ReceivePath[] = [];
-    const auto = group(() => clock, faults && (() => faultCount));
+    const auto = new AutoPath({
+      windowBytes: scale * WINDOW,
+      recheckEvery: 20,
+      cpuNs: () => clock,
+      pageFaults: faults && (() => faultCount),
+    });
     const member = auto.join((path) => paths.push(path));
+    const size = 100 * scale;
     for (let i = 0; i * 100 < bytes; i++) {
       const path = member.path;
-      clock += (100 * cost(path, i)) / 1000;
+      clock += (size * cost(path, i)) / 1000;
       faultCount += faults?.(path) ?? 0;
-      member.delivered(100, path === 'zerocopy' && mappable ? 100 : 0);
+      member.delivered(size, path === 'zerocopy' && mappable ? size : 0);
     }
     return { auto, paths };
   }
@@ -112,7 +120,10 @@ describe('AutoPath (the decision, with an injected cost source)', () => {
      * window after each switch back from mapping, fault in fresh memory and cost 3000 (a
      * forwarder at 4 MiB chunks whose copies moved to reused blocks mid-measurement).
      */
-    function firstUseAfterSwitch(): { cost: (path: ReceivePath) => number; faults: (path: ReceivePath) => number } {
+    function firstUseAfterSwitch(faultsPerDelivery = 30): {
+      cost: (path: ReceivePath) => number;
+      faults: (path: ReceivePath) => number;
+    } {
       const seen = { zerocopy: 0, copy: 0 };
       let last: ReceivePath | null = null;
       let sinceSwitch = 0;
@@ -130,19 +141,30 @@ describe('AutoPath (the decision, with an injected cost source)', () => {
         if (path === 'copy') return inflated ? 3000 : 100;
         return 200;
       };
-      return { cost, faults: () => (inflated ? 30 : 0) };
+      return { cost, faults: () => (inflated ? faultsPerDelivery : 0) };
     }
 
     it('measures such a window again (without the fault count, the same windows mislead it)', () => {
       const withFaults = firstUseAfterSwitch();
-      const { auto } = run(withFaults.cost, 30 * WINDOW, true, withFaults.faults);
+      const { auto, paths } = run(withFaults.cost, 30 * WINDOW, true, withFaults.faults);
       expect(auto.checks).toBe(1);
       expect(auto.path).toBe('copy');
       expect(auto.cost.copy).toBeCloseTo(100, 6);
+      // Both windows measured again, each once: clear after two pairs.
+      expect(paths).toEqual(['copy', 'zerocopy', 'copy']);
 
       const blind = run(firstUseAfterSwitch().cost, 30 * WINDOW);
       expect(blind.auto.checks).toBe(1);
       expect(blind.auto.path).toBe('zerocopy');
+    });
+
+    it('takes a window for a first use only past 1/16 of its bytes in faulted pages', () => {
+      // Deliveries of 100 x 65,536 bytes, ten to a window: 1/16 of a window is 4,096,000
+      // bytes, 1,000 pages. 100 faults per delivery are at the line, 101 past it.
+      const under = firstUseAfterSwitch(100);
+      expect(run(under.cost, 30 * WINDOW, true, under.faults, 65536).auto.path).toBe('zerocopy');
+      const over = firstUseAfterSwitch(101);
+      expect(run(over.cost, 30 * WINDOW, true, over.faults, 65536).auto.path).toBe('copy');
     });
 
     it('measures a window again only once: a path that always faults is still measured', () => {
