@@ -394,6 +394,14 @@ async function countSyscalls(pid) {
   };
 }
 
+/** Median and 10th-90th percentiles of `ratios`, in words. @param {number[]} ratios */
+function spread(ratios) {
+  if (ratios.length === 0) return 'n/a';
+  const s = [...ratios].sort((x, y) => x - y);
+  const at = (/** @type {number} */ p) => s[Math.min(s.length - 1, Math.floor(p * s.length))].toFixed(2);
+  return `median ${median(s).toFixed(2)}, 10th-90th percentile ${at(0.1)}-${at(0.9)} (${s.length} runs)`;
+}
+
 /** @param {number[]} xs */
 function median(xs) {
   const s = [...xs].sort((x, y) => x - y);
@@ -522,7 +530,21 @@ async function main() {
     });
   }
 
-  const targets = evaluateTargets(row);
+  // Every repetition's ratio to (b), over all rows: (h) runs the same code, (g) where it
+  // copied runs (b)'s code after its probe. Their spreads side by side.
+  /** @param {string} id @param {(report: Report) => boolean} keep */
+  const ratiosToCopyMode = (id, keep) =>
+    runs
+      .filter((x) => x.receiver === id && keep(x.report))
+      .map((x) => {
+        const copyMode = cpuIn(x, 'b', x.rep);
+        return copyMode === undefined ? null : cpuPerGB(x.report) / copyMode;
+      })
+      .filter((ratio) => ratio !== null);
+  const targets = evaluateTargets(row, {
+    control: ratiosToCopyMode('h', () => true),
+    auto: ratiosToCopyMode('g', (report) => report.path === 'copy'),
+  });
   const result = {
     date: new Date().toISOString(),
     machine: machine(),
@@ -554,8 +576,9 @@ async function main() {
 /**
  * The targets of the benchmark issue, each met or missed on this run's medians.
  * @param {(pass: string, chunk: number, id: string) => any} row
+ * @param {{ control: number[], auto: number[] }} toCopyMode per-repetition ratios to (b)
  */
-function evaluateTargets(row) {
+function evaluateTargets(row, toCopyMode) {
   const targets = [];
   const has = (/** @type {string} */ id) => receivers.some((r) => r.id === id);
   if (has('a') && has('e') && consumers.includes('none') && passes.some((p) => p.id === 'zerocopy')) {
@@ -593,14 +616,16 @@ function evaluateTargets(row) {
       consumers.flatMap((consumer) => chunks.map((c) => row(p.id, c, 'h', consumer)).filter((r) => r !== undefined)),
     );
     const over = all.filter((r) => r.cpuVsCopyMode > 1.05 || r.cpuVsCopyMode < 1 / 1.05);
-    const spread = all.map((r) => Math.max(r.cpuVsCopyMode, 1 / r.cpuVsCopyMode));
+    const apart = all.map((r) => Math.max(r.cpuVsCopyMode, 1 / r.cpuVsCopyMode));
     targets.push({
       target: 'control, not a target: (h) against (b), the same code twice in one run',
       measured:
-        `outside 0.95-1.05x in ${over.length} of ${all.length} rows, furthest ${Math.max(...spread).toFixed(2)}x apart` +
+        `outside 0.95-1.05x in ${over.length} of ${all.length} rows, furthest ${Math.max(...apart).toFixed(2)}x apart` +
         (over.length > 0
           ? `: ${over.map((r) => `${r.pass}/${r.consumer}/${sizeName(r.chunk)} ${r.cpuVsCopyMode.toFixed(2)}x`).join(', ')}`
-          : ''),
+          : '') +
+        `; per repetition, (h)/(b) ${spread(toCopyMode.control)}` +
+        (has('g') ? `, (g)/(b) where (g) copied ${spread(toCopyMode.auto)}` : ''),
       met: null,
     });
   }
