@@ -12,6 +12,7 @@
           "sources": [
             "native/addon.cc",
             "native/copy_blocks.cc",
+            "native/direct_buffer.cc",
             "native/errors.cc",
             "native/move_watch.cc",
             "native/pool.cc",

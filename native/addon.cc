@@ -3,8 +3,12 @@
 #include <sys/mman.h>
 
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <string>
 
 #include "chunk_tag.h"
+#include "direct_buffer.h"
 #include "probe.h"
 #include "receiver.h"
 
@@ -53,14 +57,74 @@ bool ArrayBufferTransferExists(napi_env env) {
          napi_typeof(env, transfer, &type) != napi_ok || type != napi_undefined;
 }
 
+// Direct Buffers need the Node this addon was compiled for (one V8 ABI), and a runtime
+// that allows Buffers over foreign memory at all. TCP_ZEROCOPY_NODE_API_BUFFERS=1 keeps
+// Node-API external Buffers (for comparison, and for the tests of that path).
+bool DirectBuffersUsable(napi_env env) {
+  const char* forced = std::getenv("TCP_ZEROCOPY_NODE_API_BUFFERS");
+  if (forced != nullptr && std::strcmp(forced, "1") == 0) return false;
+  napi_value global;
+  napi_value process;
+  napi_value versions;
+  napi_value modules;
+  char running[16] = {0};
+  size_t length = 0;
+  if (napi_get_global(env, &global) != napi_ok ||
+      napi_get_named_property(env, global, "process", &process) != napi_ok ||
+      napi_get_named_property(env, process, "versions", &versions) != napi_ok ||
+      napi_get_named_property(env, versions, "modules", &modules) != napi_ok ||
+      napi_get_value_string_utf8(env, modules, running, sizeof(running), &length) != napi_ok) {
+    napi_value ignored;
+    napi_get_and_clear_last_exception(env, &ignored);
+    return false;
+  }
+  return std::to_string(direct_buffer::BuiltForModuleVersion()) == running && direct_buffer::KeepLoaded();
+}
+
+// Another thread's release made room: tell the waiting receivers on this environment's
+// thread. The context is the pool (weakly: the function may outlive it).
+void WakeWaitersOnJsThread(napi_env env, napi_value, void* context, void*) {
+  if (env == nullptr) return;  // the function is being torn down
+  if (auto pool = static_cast<std::weak_ptr<MappingPool>*>(context)->lock()) pool->NotifyWaiters();
+}
+
+void ForgetWakeUp(napi_env, void* data, void*) {
+  auto* pool = static_cast<std::weak_ptr<MappingPool>*>(data);
+  if (auto live = pool->lock()) live->SetWakeUp(nullptr, nullptr);
+  delete pool;
+}
+
+void CallWakeUp(void* function) {
+  napi_call_threadsafe_function(static_cast<napi_threadsafe_function>(function), nullptr, napi_tsfn_nonblocking);
+}
+
+// For direct Buffers, whose memory may be freed on another thread: a thread-safe function
+// that does not keep the loop alive. False if it could not be made.
+bool SetUpWakeUp(napi_env env, const std::shared_ptr<MappingPool>& pool) {
+  napi_value name;
+  if (napi_create_string_utf8(env, "tcp-zerocopy pool wake-up", NAPI_AUTO_LENGTH, &name) != napi_ok) return false;
+  auto* weak = new std::weak_ptr<MappingPool>(pool);
+  napi_threadsafe_function function;
+  if (napi_create_threadsafe_function(env, nullptr, nullptr, name, 0, 1, weak, ForgetWakeUp, weak,
+                                      WakeWaitersOnJsThread, &function) != napi_ok) {
+    delete weak;
+    return false;
+  }
+  napi_unref_threadsafe_function(env, function);
+  pool->SetWakeUp(CallWakeUp, function);
+  return true;
+}
+
 }  // namespace
 
 Addon::Addon(Napi::Env env, Napi::Object exports)
     : pool_(std::make_shared<MappingPool>(static_cast<size_t>(kDefaultMaxPinnedBytes))),
       external_buffers_allowed_(ProbeExternalBuffers(env)) {
   if (external_buffers_allowed_) {
+    direct_buffers_ = DirectBuffersUsable(env) && SetUpWakeUp(env, pool_);
     if (ArrayBufferTransferExists(env)) {
-      move_watch_ = std::make_shared<MoveWatch>(env, pool_);
+      // A direct Buffer's memory is freed wherever it was moved to: nothing to watch.
+      if (!direct_buffers_) move_watch_ = std::make_shared<MoveWatch>(env, pool_);
     } else {
       copy_blocks_ = std::make_shared<CopyBlocks>();
     }
@@ -90,6 +154,7 @@ Napi::Value Addon::Probe(const Napi::CallbackInfo& info) {
   result.Set("tlbCleanHint", kernel.tlb_clean_hint);
   result.Set("rxTimestamps", kernel.rx_timestamps);
   result.Set("externalBuffers", external_buffers_allowed_);
+  result.Set("directBuffers", direct_buffers_);
   return result;
 }
 
@@ -112,9 +177,17 @@ Napi::Value Addon::ReleaseChunk(const Napi::CallbackInfo& info) {
     MappedChunk* chunk = pool_->Find(static_cast<uint8_t*>(data), length);
     // Detach first: from here on no JS view can reach the pages. If that fails, the
     // pages stay mapped (a later release or the finalizer frees them).
+    bool direct = chunk != nullptr && chunk->direct;  // read now: the detach may free it
     if (chunk != nullptr && napi_detach_arraybuffer(env, array_buffer) == napi_ok) {
-      pool_->Release(chunk);
-      ForgetWatch(env, chunk);
+      if (direct) {
+        // The detach dropped this Buffer's hold on a direct Buffer's memory: the deleter
+        // has released the chunk and freed it (or does so once whatever else still holds
+        // the memory lets go). The waiters are told here, on this thread.
+        pool_->NotifyWaiters();
+      } else {
+        pool_->Release(chunk);
+        ForgetWatch(env, chunk);
+      }
       released = true;
     }
   }

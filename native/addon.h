@@ -19,8 +19,11 @@ class Addon : public Napi::Addon<Addon> {
   // Null where copied chunks keep memory of their own.
   const std::shared_ptr<CopyBlocks>& copy_blocks() const { return copy_blocks_; }
   bool external_buffers_allowed() const { return external_buffers_allowed_; }
-  // Null where a mapped chunk's memory cannot be moved out of its Buffer (no transfer()).
+  // Null where a mapped chunk's memory cannot be moved out of its Buffer (no transfer()),
+  // and where mapped chunks are direct Buffers (their memory may go anywhere).
   const std::shared_ptr<MoveWatch>& move_watch() const { return move_watch_; }
+  // Mapped chunks are direct Buffers (see direct_buffer.h), not Node-API external ones.
+  bool direct_buffers() const { return direct_buffers_; }
 
  private:
   Napi::Value Probe(const Napi::CallbackInfo& info);
@@ -38,6 +41,7 @@ class Addon : public Napi::Addon<Addon> {
   // copied chunks cannot safely reuse memory (see ArrayBufferTransferExists).
   std::shared_ptr<CopyBlocks> copy_blocks_;
   bool external_buffers_allowed_;
+  bool direct_buffers_ = false;
   std::shared_ptr<MoveWatch> move_watch_;
 };
 

@@ -95,10 +95,21 @@ int MappingPool::AddArena() {
 }
 
 int MappingPool::Reserve(size_t want, Slot* slot) {
+  bool freed = false;
+  int err;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    err = ReserveLocked(want, slot, &freed);
+  }
+  if (freed) NotifyWaiters();
+  return err;
+}
+
+int MappingPool::ReserveLocked(size_t want, Slot* slot, bool* freed) {
   *slot = Slot{};
   // Too many chunks turned into copies: treat the pool as full until some come back.
   if (cow_counters_.live_chunks.load(std::memory_order_relaxed) >= kMaxLiveCopies) return 0;
-  size_t pinned = pinned_bytes();
+  size_t pinned = PinnedLocked();
   size_t headroom = max_pinned_bytes_ > pinned ? max_pinned_bytes_ - pinned : 0;
   want = PageFloor(std::min({want, headroom, kArenaSize}));
   if (want == 0) return 0;
@@ -125,7 +136,8 @@ int MappingPool::Reserve(size_t want, Slot* slot) {
   if (!fits && !released_.empty()) {
     // Released ranges first, before any new address space.
     FlushReleased();
-    return Reserve(want, slot);
+    *freed = true;
+    return ReserveLocked(want, slot, freed);
   }
   if (!fits && arenas_.size() * kArenaSize < 2 * max_pinned_bytes_ + kArenaSize) {
     int err = AddArena();
@@ -147,11 +159,15 @@ int MappingPool::Reserve(size_t want, Slot* slot) {
 
 MappedChunk* MappingPool::Commit(const Slot& slot, size_t mapped,
                                  std::shared_ptr<CopyOnWriteCounters> receiver_counters) {
+  std::lock_guard<std::mutex> lock(mutex_);
   mapped = std::min(PageFloor(mapped), slot.length);
   if (slot.length > mapped) FreeRange(slot.address + mapped, slot.length - mapped);
   if (mapped == 0) return nullptr;
   pinned_bytes_ += mapped;
-  auto* chunk = new MappedChunk{shared_from_this(), slot.address, mapped, false, -1, nullptr};
+  auto* chunk = new MappedChunk;
+  chunk->pool = shared_from_this();
+  chunk->address = slot.address;
+  chunk->length = mapped;
   if (copy_on_write_ && receiver_counters != nullptr && write_fault::Install()) {
     chunk->receiver_counters = std::move(receiver_counters);
     chunk->write_fault_ticket =
@@ -162,7 +178,28 @@ MappedChunk* MappingPool::Commit(const Slot& slot, size_t mapped,
 }
 
 void MappingPool::Release(MappedChunk* chunk) {
-  if (chunk->released) return;
+  bool room;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    room = ReleaseLocked(chunk);
+  }
+  if (room) NotifyWaiters();
+}
+
+void MappingPool::ReleaseFromAnyThread(MappedChunk* chunk) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  // Under the lock: SetWakeUp(nullptr) cannot pull the wake-up from under the call.
+  if (ReleaseLocked(chunk) && !waiters_.empty() && wake_up_ != nullptr) wake_up_(wake_up_data_);
+}
+
+void MappingPool::SetWakeUp(void (*wake_up)(void* data), void* data) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  wake_up_ = wake_up;
+  wake_up_data_ = data;
+}
+
+bool MappingPool::ReleaseLocked(MappedChunk* chunk) {
+  if (chunk->released) return false;
   chunk->released = true;
   // Off the write-fault table first: from here on a store into the range is a stray one.
   bool copied = chunk->write_fault_ticket >= 0 && write_fault::Unregister(chunk->write_fault_ticket);
@@ -204,9 +241,10 @@ void MappingPool::Release(MappedChunk* chunk) {
     if (released_bytes_ >= std::min(kMaxReleasedBytes, max_pinned_bytes_ / 8) || live_.empty() || !waiters_.empty()) {
       FlushReleased();
     }
-    return;
   }
-  NotifyWaiters();
+  // Room counts as made once the chunk no longer counts as pinned, batched pages or not
+  // (a waiter's Reserve flushes them first).
+  return true;
 }
 
 void MappingPool::FlushReleased() {
@@ -221,10 +259,14 @@ void MappingPool::FlushReleased() {
     size_t offset = arena != nullptr ? static_cast<size_t>(range.first - arena->base) : 0;
     if (arena != nullptr && HasSeamInside(*arena, offset)) RemapFreeRun(arena, offset);
   }
-  NotifyWaiters();
 }
 
 size_t MappingPool::pinned_bytes() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return PinnedLocked();
+}
+
+size_t MappingPool::PinnedLocked() const {
   size_t copied = cow_counters_.live_bytes.load(std::memory_order_relaxed);
   return pinned_bytes_ > copied ? pinned_bytes_ - copied : 0;
 }
@@ -276,35 +318,73 @@ MappingPool::Arena* MappingPool::ArenaOf(const uint8_t* address) {
 }
 
 void MappingPool::set_max_pinned_bytes(size_t bytes) {
-  bool raised = bytes > max_pinned_bytes_;
-  max_pinned_bytes_ = bytes;
+  bool raised;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    raised = bytes > max_pinned_bytes_;
+    max_pinned_bytes_ = bytes;
+  }
   if (raised) NotifyWaiters();
 }
 
 void MappingPool::NotifyWaiters() {
-  if (waiters_.empty()) return;
   std::vector<PoolWaiter*> waiters;
-  waiters.swap(waiters_);
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    waiters.swap(waiters_);
+  }
+  // Outside the lock: a waiter starts polling again, and may reserve at once.
   for (PoolWaiter* waiter : waiters) waiter->OnPoolSpace();
 }
 
-void MappingPool::Wait(PoolWaiter* waiter) {
-  if (std::find(waiters_.begin(), waiters_.end(), waiter) == waiters_.end()) {
-    waiters_.push_back(waiter);
-  }
+bool MappingPool::HasRoomLocked() const {
+  return PinnedLocked() + kPageSize <= max_pinned_bytes_ &&
+         cow_counters_.live_chunks.load(std::memory_order_relaxed) < kMaxLiveCopies;
+}
+
+MappingPool::WaitResult MappingPool::WaitForRoom(PoolWaiter* waiter) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (live_.empty()) return WaitResult::kNothingLive;
+  // Released on another thread since the Reserve that found no room.
+  if (HasRoomLocked()) return WaitResult::kRoomNow;
+  if (std::find(waiters_.begin(), waiters_.end(), waiter) == waiters_.end()) waiters_.push_back(waiter);
+  return WaitResult::kWaiting;
 }
 
 void MappingPool::CancelWait(PoolWaiter* waiter) {
+  std::lock_guard<std::mutex> lock(mutex_);
   waiters_.erase(std::remove(waiters_.begin(), waiters_.end(), waiter), waiters_.end());
 }
 
+size_t MappingPool::retired_bytes() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return retired_bytes_;
+}
+
+size_t MappingPool::max_pinned_bytes() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return max_pinned_bytes_;
+}
+
+size_t MappingPool::mapping_count() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return arenas_.size();
+}
+
+size_t MappingPool::live_chunks() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return live_.size();
+}
+
 MappedChunk* MappingPool::Find(const uint8_t* address, size_t length) const {
+  std::lock_guard<std::mutex> lock(mutex_);
   auto it = live_.find(reinterpret_cast<uintptr_t>(address));
   if (it == live_.end() || it->second->length != length) return nullptr;
   return it->second;
 }
 
 bool MappingPool::BreakArenasForTesting() {
+  std::lock_guard<std::mutex> lock(mutex_);
   if (!live_.empty()) return false;
   FlushReleased();
   if (arenas_.empty() && AddArena() != 0) return false;
@@ -316,7 +396,10 @@ bool MappingPool::BreakArenasForTesting() {
   return true;
 }
 
-size_t MappingPool::mapped_bytes() const { return arenas_.size() * kArenaSize; }
+size_t MappingPool::mapped_bytes() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return arenas_.size() * kArenaSize;
+}
 
 void MappingPool::FreeRange(uint8_t* address, size_t length) {
   Arena* arena = ArenaOf(address);

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <set>
 #include <unordered_map>
 #include <vector>
@@ -23,13 +24,15 @@ class PoolWaiter {
   ~PoolWaiter() = default;
 };
 
-// One mapped chunk handed to JS. Owned by its Buffer's finalizer hint; keeps the pool
-// (and so its mappings) alive for as long as the Buffer may still be read.
+// One mapped chunk handed to JS. Owned by whatever frees its Buffer's memory (Node's
+// finalizer, or the deleter of a direct Buffer, see direct_buffer.h); keeps the pool (and
+// so its mappings) alive for as long as the Buffer may still be read.
 struct MappedChunk {
   std::shared_ptr<MappingPool> pool;
-  uint8_t* address;
-  size_t length;
+  uint8_t* address = nullptr;
+  size_t length = 0;
   bool released = false;
+  bool direct = false;  // its Buffer is a direct one (direct_buffer.h), not an external one
   // Copy-on-write: the write-fault table's entry (-1: none) and the receiver's counters,
   // kept alive for the handler until the chunk is released.
   int write_fault_ticket = -1;
@@ -46,6 +49,11 @@ struct MappedChunk {
 // socket replace one mapping per connection. The pool hands out page ranges that hold
 // no pages (so the kernel may skip its zap: TLB_CLEAN_HINT) and bounds the bytes mapped
 // and not yet released, which the kernel itself no longer accounts for.
+//
+// Used on its environment's thread, except Release(): V8 frees a direct Buffer's memory
+// on whichever thread drops it last (a GC thread, another isolate it was moved to, a
+// worker's teardown), so every member locks. Waiters are only ever told on the
+// environment's thread: from any other, Release() asks the wake-up set by SetWakeUp().
 class MappingPool : public std::enable_shared_from_this<MappingPool> {
  public:
   struct Slot {
@@ -67,18 +75,30 @@ class MappingPool : public std::enable_shared_from_this<MappingPool> {
   // become private copies (counted in `receiver_counters` too) unless copy-on-write is off.
   MappedChunk* Commit(const Slot& slot, size_t mapped, std::shared_ptr<CopyOnWriteCounters> receiver_counters);
   // Drops the pages of a live chunk and frees its range (a copied range is made a TCP
-  // mapping again first). Safe to call twice.
+  // mapping again first). Safe to call twice. On the environment's thread, tells the
+  // waiters when room was made.
   void Release(MappedChunk* chunk);
+  // The same from any thread at any time (a direct Buffer's deleter): never calls a
+  // waiter, but asks for the wake-up if any waits.
+  void ReleaseFromAnyThread(MappedChunk* chunk);
+  // How another thread's release gets the waiters told on the environment's thread (null:
+  // it cannot any more). `wake_up` must be callable from any thread until replaced.
+  void SetWakeUp(void (*wake_up)(void* data), void* data);
   // The live chunk whose Buffer starts at `address`, or null.
   MappedChunk* Find(const uint8_t* address, size_t length) const;
   template <typename Visit>
   void ForEachLive(Visit visit) const {
+    std::lock_guard<std::mutex> lock(mutex_);
     for (const auto& entry : live_) visit(entry.second);
   }
 
-  // Registers a waiter to be told once, on the next release. Idempotent.
-  void Wait(PoolWaiter* waiter);
+  // Registers a waiter to be told once, on a later release, if the pool is still full
+  // and some chunk is live to be released; one check and step, so no release is missed.
+  enum class WaitResult { kWaiting, kNothingLive, kRoomNow };
+  WaitResult WaitForRoom(PoolWaiter* waiter);
   void CancelWait(PoolWaiter* waiter);
+  // Tells every waiter (environment's thread only).
+  void NotifyWaiters();
 
   // Tests only: puts an anonymous PROT_NONE mapping over every arena, so the kernel's
   // next receive into the pool fails for real (EINVAL, "not a TCP mapping"). Refused
@@ -93,14 +113,14 @@ class MappingPool : public std::enable_shared_from_this<MappingPool> {
     return static_cast<double>(cow_counters_.chunks.load(std::memory_order_relaxed));
   }
   // Bytes of copied ranges that could not be made TCP mappings again, kept out of use.
-  size_t retired_bytes() const { return retired_bytes_; }
-  size_t max_pinned_bytes() const { return max_pinned_bytes_; }
+  size_t retired_bytes() const;
+  size_t max_pinned_bytes() const;
   // A higher cap wakes receivers waiting for room.
   void set_max_pinned_bytes(size_t bytes);
-  size_t mapping_count() const { return arenas_.size(); }
+  size_t mapping_count() const;
   size_t mapped_bytes() const;
-  size_t live_chunks() const { return live_.size(); }
-  // Bytes any receiver had to copy because the cap was reached.
+  size_t live_chunks() const;
+  // Bytes any receiver had to copy because the cap was reached (environment's thread).
   double copied_pool_full_bytes() const { return copied_pool_full_bytes_; }
   void CountCopiedPoolFull(double bytes) { copied_pool_full_bytes_ += bytes; }
 
@@ -115,8 +135,12 @@ class MappingPool : public std::enable_shared_from_this<MappingPool> {
     std::set<size_t> seams;
   };
 
+  // The members below run with mutex_ held. True when room was made.
+  bool ReleaseLocked(MappedChunk* chunk);
+  bool HasRoomLocked() const;
+  size_t PinnedLocked() const;
+  int ReserveLocked(size_t want, Slot* slot, bool* freed);
   int AddArena();
-  void NotifyWaiters();
   // Drops the pages of every released range not dropped yet (one madvise per run of
   // adjacent ranges) and gives the ranges back.
   void FlushReleased();
@@ -127,6 +151,7 @@ class MappingPool : public std::enable_shared_from_this<MappingPool> {
   bool HasSeamInside(const Arena& arena, size_t offset) const;
   void TakeRange(Arena* arena, size_t offset, size_t length);
 
+  mutable std::mutex mutex_;
   size_t max_pinned_bytes_;
   size_t pinned_bytes_ = 0;
   size_t retired_bytes_ = 0;
@@ -141,6 +166,8 @@ class MappingPool : public std::enable_shared_from_this<MappingPool> {
   // TLB flush) for several chunks instead of one each.
   std::vector<std::pair<uint8_t*, size_t>> released_;
   size_t released_bytes_ = 0;
+  void (*wake_up_)(void* data) = nullptr;
+  void* wake_up_data_ = nullptr;
 };
 
 }  // namespace tcpzc

@@ -13,6 +13,7 @@
 
 #include "addon.h"
 #include "chunk_tag.h"
+#include "direct_buffer.h"
 #include "errors.h"
 #include "kernel.h"
 #include "probe.h"
@@ -147,6 +148,7 @@ Receiver::Receiver(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Receiver>(
   }
   pool_ = addon->pool();
   move_watch_ = addon->move_watch();
+  direct_buffers_ = addon->direct_buffers();
 
   // The callback lives on the wrapper; on_event_ only finds it again without a property
   // lookup by name on every wake-up.
@@ -448,9 +450,38 @@ void Receiver::Deliver(Batch* batch, napi_value receiver, napi_value callback) {
   }
 }
 
+namespace {
+
+// A direct Buffer's memory is no longer held anywhere (any thread, see direct_buffer.h).
+void FreeDirectChunk(void*, size_t, void* hint) {
+  auto* chunk = static_cast<MappedChunk*>(hint);
+  // Kept to the end: if this was the last chunk of a pool whose environment is gone, the
+  // pool unmaps here, once its lock is no longer held.
+  std::shared_ptr<MappingPool> pool = chunk->pool;
+  pool->ReleaseFromAnyThread(chunk);
+  delete chunk;
+}
+
+}  // namespace
+
 void Receiver::AddMapped(Batch* batch, MappedChunk* chunk) {
   napi_env env = Env();
   napi_value buffer = nullptr;
+  if (direct_buffers_) {
+    chunk->direct = true;
+    switch (direct_buffer::Make(Value(), chunk->address, chunk->length, FreeDirectChunk, chunk, &buffer)) {
+      case direct_buffer::Made::kYes: AddMappedBuffer(batch, buffer, chunk->length); return;
+      case direct_buffer::Made::kArrayBufferOnly:
+        batch->abandoned = true;  // the environment is stopping; the chunk is V8's now
+        return;
+      case direct_buffer::Made::kNo:
+        // No context to make it in: not while JS can run (RunCycle checked). Still ours.
+        pool_->Release(chunk);
+        delete chunk;
+        batch->abandoned = true;
+        return;
+    }
+  }
   napi_status status = napi_create_external_buffer(
       env, chunk->length, chunk->address,
       [](napi_env env, void*, void* hint) {
@@ -466,14 +497,7 @@ void Receiver::AddMapped(Batch* batch, MappedChunk* chunk) {
       chunk, &buffer);
   if (status == napi_ok) {
     if (move_watch_ != nullptr) move_watch_->Watch(buffer, chunk);
-    // Not type-tagged (a private property per Buffer costs a map transition per chunk):
-    // releaseChunk() finds a mapped chunk by its address among the pool's live chunks.
-    batch->chunks[batch->count] = buffer;
-    batch->mapped[batch->count] = true;
-    batch->count++;
-    batch->bytes += chunk->length;
-    stats_.bytes_mapped += ToDouble(chunk->length);
-    stats_.chunks_mapped++;
+    AddMappedBuffer(batch, buffer, chunk->length);
     return;
   }
   if (status == napi_pending_exception || status == napi_cannot_run_js) {
@@ -510,6 +534,17 @@ void Receiver::AddMapped(Batch* batch, MappedChunk* chunk) {
   fallback_reason_ = "external buffers refused by the runtime";
   copy_cause_ = kFallback;
   AddCopied(batch, copy, length);
+}
+
+// Not type-tagged (a private property per Buffer costs a map transition per chunk):
+// releaseChunk() finds a mapped chunk by its address among the pool's live chunks.
+void Receiver::AddMappedBuffer(Batch* batch, napi_value buffer, size_t length) {
+  batch->chunks[batch->count] = buffer;
+  batch->mapped[batch->count] = true;
+  batch->count++;
+  batch->bytes += length;
+  stats_.bytes_mapped += ToDouble(length);
+  stats_.chunks_mapped++;
 }
 
 void Receiver::AddCopied(Batch* batch, napi_value buffer, size_t length) {
@@ -550,12 +585,17 @@ void Receiver::ZerocopyCycle(Batch* batch) {
   if (slot.length == 0) {
     // Every pinned byte the cap allows is still held by JS. Waiting only makes sense if
     // a release can come; a drain must finish now.
-    if (pool_full_policy_ == PoolFull::kWait && !draining_ && pool_->live_chunks() > 0) {
-      stats_.pool_waits++;
-      waiting_for_pool_ = true;
-      pool_->Wait(this);
-      StopPolling();
-      return;
+    if (pool_full_policy_ == PoolFull::kWait && !draining_) {
+      MappingPool::WaitResult wait = pool_->WaitForRoom(this);
+      if (wait == MappingPool::WaitResult::kWaiting) {
+        stats_.pool_waits++;
+        waiting_for_pool_ = true;
+        StopPolling();
+        return;
+      }
+      // Room was made on another thread just now: the socket is still readable, so the
+      // next turn of the loop maps into it.
+      if (wait == MappingPool::WaitResult::kRoomNow) return;
     }
     double before = stats_.bytes_copied;
     copy_cause_ = kPoolFull;

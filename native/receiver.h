@@ -73,6 +73,7 @@ class Receiver : public Napi::ObjectWrap<Receiver>, private PoolWaiter {
   void RememberLargeCopy(napi_value buffer);
   void AddCopiedFrom(Batch* batch, const uint8_t* data, size_t length);
   void AddMapped(Batch* batch, MappedChunk* chunk);
+  void AddMappedBuffer(Batch* batch, napi_value buffer, size_t length);
   void AddCopied(Batch* batch, napi_value buffer, size_t length);
   void SwitchToCopy(const char* syscall, int err);
   void SetLowWater(int bytes);
@@ -97,6 +98,7 @@ class Receiver : public Napi::ObjectWrap<Receiver>, private PoolWaiter {
   bool zerocopy_;                   // current path; 'auto' may turn it off for good
   bool copying_by_choice_ = false;  // 'auto' measured copying as cheaper (setCopying)
   bool external_buffers_;           // false where the runtime refuses external Buffers
+  bool direct_buffers_;             // mapped chunks as direct Buffers (direct_buffer.h)
   size_t chunk_size_;
   size_t map_size_;  // chunk_size_ rounded down to pages
   uint64_t flush_delay_ms_;

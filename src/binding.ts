@@ -13,6 +13,7 @@ export interface NativeProbe {
   tlbCleanHint: boolean;
   rxTimestamps: boolean;
   externalBuffers: boolean;
+  directBuffers: boolean;
 }
 
 /** Per-receiver counters kept by native/receiver.cc. */

@@ -222,6 +222,12 @@ function features(release: string): DoctorFeature[] {
       available: found.externalBuffers,
       usedFor: 'handing mapped pages to JS without a copy',
     },
+    {
+      name: 'direct Buffers (the addon runs in the Node it was built for)',
+      since: 'runtime',
+      available: found.directBuffers,
+      usedFor: 'pages given back at release() with no event-loop wake-up per chunk',
+    },
   ];
 }
 

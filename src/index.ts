@@ -52,6 +52,13 @@ export interface ProbeFeatures {
   rxTimestamps: boolean;
   /** The runtime lets Buffers point at foreign memory (no V8 sandbox). */
   externalBuffers: boolean;
+  /**
+   * Mapped chunks are handed back by V8 itself when their Buffer is released or collected,
+   * not through a Node-API finalizer, which Node runs one event-loop wake-up later (the
+   * addon runs in the Node version it was built for, and TCP_ZEROCOPY_NODE_API_BUFFERS is
+   * not 1).
+   */
+  directBuffers: boolean;
 }
 
 /** What `probe()` found. */
@@ -185,6 +192,7 @@ export function probe(): ProbeResult {
     tlbCleanHint: raw?.tlbCleanHint ?? false,
     rxTimestamps: raw?.rxTimestamps ?? false,
     externalBuffers: raw?.externalBuffers ?? false,
+    directBuffers: raw?.directBuffers ?? false,
   };
   let reason: string | undefined;
   if (raw === null) reason = nativeLoadError ?? 'native addon not loaded';
