@@ -178,6 +178,7 @@ Napi::Value Addon::ReleaseChunk(const Napi::CallbackInfo& info) {
     // Detach first: from here on no JS view can reach the pages. If that fails, the
     // pages stay mapped (a later release or the finalizer frees them).
     bool direct = chunk != nullptr && chunk->direct;  // read now: the detach may free it
+    MappingPool::JsRelease telling_waiters_here;
     if (chunk != nullptr && napi_detach_arraybuffer(env, array_buffer) == napi_ok) {
       if (direct) {
         // The detach dropped this Buffer's hold on a direct Buffer's memory: the deleter

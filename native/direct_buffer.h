@@ -12,7 +12,9 @@
 //
 // This takes V8's and Node's C++ API, whose ABI is that of one Node major version: used
 // only when the running Node has the module version this file was compiled for (the
-// addon is built on install), else Node-API external Buffers as before.
+// addon is built on install, against that Node's headers and build settings such as
+// pointer compression; a prebuilt binary would need more than this check), else
+// Node-API external Buffers as before.
 
 #include <cstddef>
 

@@ -107,6 +107,7 @@ int MappingPool::Reserve(size_t want, Slot* slot) {
 
 int MappingPool::ReserveLocked(size_t want, Slot* slot, bool* freed) {
   *slot = Slot{};
+  slot->releases_seen = releases_;
   // Too many chunks turned into copies: treat the pool as full until some come back.
   if (cow_counters_.live_chunks.load(std::memory_order_relaxed) >= kMaxLiveCopies) return 0;
   size_t pinned = PinnedLocked();
@@ -186,10 +187,19 @@ void MappingPool::Release(MappedChunk* chunk) {
   if (room) NotifyWaiters();
 }
 
+namespace {
+thread_local int js_releases_in_progress = 0;
+}  // namespace
+
+MappingPool::JsRelease::JsRelease() { js_releases_in_progress++; }
+MappingPool::JsRelease::~JsRelease() { js_releases_in_progress--; }
+
 void MappingPool::ReleaseFromAnyThread(MappedChunk* chunk) {
   std::lock_guard<std::mutex> lock(mutex_);
   // Under the lock: SetWakeUp(nullptr) cannot pull the wake-up from under the call.
-  if (ReleaseLocked(chunk) && !waiters_.empty() && wake_up_ != nullptr) wake_up_(wake_up_data_);
+  if (ReleaseLocked(chunk) && !waiters_.empty() && js_releases_in_progress == 0 && wake_up_ != nullptr) {
+    wake_up_(wake_up_data_);
+  }
 }
 
 void MappingPool::SetWakeUp(void (*wake_up)(void* data), void* data) {
@@ -201,6 +211,7 @@ void MappingPool::SetWakeUp(void (*wake_up)(void* data), void* data) {
 bool MappingPool::ReleaseLocked(MappedChunk* chunk) {
   if (chunk->released) return false;
   chunk->released = true;
+  releases_++;
   // Off the write-fault table first: from here on a store into the range is a stray one.
   bool copied = chunk->write_fault_ticket >= 0 && write_fault::Unregister(chunk->write_fault_ticket);
   chunk->write_fault_ticket = -1;
@@ -323,6 +334,7 @@ void MappingPool::set_max_pinned_bytes(size_t bytes) {
     std::lock_guard<std::mutex> lock(mutex_);
     raised = bytes > max_pinned_bytes_;
     max_pinned_bytes_ = bytes;
+    if (raised) releases_++;  // room, as a release makes it
   }
   if (raised) NotifyWaiters();
 }
@@ -337,16 +349,12 @@ void MappingPool::NotifyWaiters() {
   for (PoolWaiter* waiter : waiters) waiter->OnPoolSpace();
 }
 
-bool MappingPool::HasRoomLocked() const {
-  return PinnedLocked() + kPageSize <= max_pinned_bytes_ &&
-         cow_counters_.live_chunks.load(std::memory_order_relaxed) < kMaxLiveCopies;
-}
-
-MappingPool::WaitResult MappingPool::WaitForRoom(PoolWaiter* waiter) {
+MappingPool::WaitResult MappingPool::WaitForRoom(PoolWaiter* waiter, const Slot& empty) {
   std::lock_guard<std::mutex> lock(mutex_);
   if (live_.empty()) return WaitResult::kNothingLive;
-  // Released on another thread since the Reserve that found no room.
-  if (HasRoomLocked()) return WaitResult::kRoomNow;
+  // Released on another thread since the Reserve that found no room: it may fit now.
+  // (Only a release makes the answer change, so this cannot spin.)
+  if (releases_ != empty.releases_seen) return WaitResult::kRoomNow;
   if (std::find(waiters_.begin(), waiters_.end(), waiter) == waiters_.end()) waiters_.push_back(waiter);
   return WaitResult::kWaiting;
 }

@@ -59,6 +59,7 @@ class MappingPool : public std::enable_shared_from_this<MappingPool> {
   struct Slot {
     uint8_t* address = nullptr;
     size_t length = 0;
+    uint64_t releases_seen = 0;  // the pool's release count when it was reserved
   };
 
   explicit MappingPool(size_t max_pinned_bytes);
@@ -79,23 +80,36 @@ class MappingPool : public std::enable_shared_from_this<MappingPool> {
   // waiters when room was made.
   void Release(MappedChunk* chunk);
   // The same from any thread at any time (a direct Buffer's deleter): never calls a
-  // waiter, but asks for the wake-up if any waits.
+  // waiter, but asks for the wake-up if any waits, unless a JsRelease on this thread
+  // tells them itself.
   void ReleaseFromAnyThread(MappedChunk* chunk);
+  // Around a release() from JS whose detach runs the deleter right there: the caller
+  // tells the waiters afterwards, so the deleter need not wake the loop for them.
+  class JsRelease {
+   public:
+    JsRelease();
+    ~JsRelease();
+    JsRelease(const JsRelease&) = delete;
+    JsRelease& operator=(const JsRelease&) = delete;
+  };
   // How another thread's release gets the waiters told on the environment's thread (null:
   // it cannot any more). `wake_up` must be callable from any thread until replaced.
   void SetWakeUp(void (*wake_up)(void* data), void* data);
   // The live chunk whose Buffer starts at `address`, or null.
   MappedChunk* Find(const uint8_t* address, size_t length) const;
+  // `visit` runs with the lock held: it may call N-API only in a pool without direct
+  // Buffers (MoveWatch's), where no allocation can run a deleter that takes the lock.
   template <typename Visit>
   void ForEachLive(Visit visit) const {
     std::lock_guard<std::mutex> lock(mutex_);
     for (const auto& entry : live_) visit(entry.second);
   }
 
-  // Registers a waiter to be told once, on a later release, if the pool is still full
-  // and some chunk is live to be released; one check and step, so no release is missed.
+  // After a Reserve that gave no room (`empty`): registers a waiter to be told once, on a
+  // later release, if some chunk is live to be released and none was since that Reserve
+  // (kRoomNow: try again; a release on another thread may have come in between).
   enum class WaitResult { kWaiting, kNothingLive, kRoomNow };
-  WaitResult WaitForRoom(PoolWaiter* waiter);
+  WaitResult WaitForRoom(PoolWaiter* waiter, const Slot& empty);
   void CancelWait(PoolWaiter* waiter);
   // Tells every waiter (environment's thread only).
   void NotifyWaiters();
@@ -137,7 +151,6 @@ class MappingPool : public std::enable_shared_from_this<MappingPool> {
 
   // The members below run with mutex_ held. True when room was made.
   bool ReleaseLocked(MappedChunk* chunk);
-  bool HasRoomLocked() const;
   size_t PinnedLocked() const;
   int ReserveLocked(size_t want, Slot* slot, bool* freed);
   int AddArena();
@@ -166,6 +179,7 @@ class MappingPool : public std::enable_shared_from_this<MappingPool> {
   // TLB flush) for several chunks instead of one each.
   std::vector<std::pair<uint8_t*, size_t>> released_;
   size_t released_bytes_ = 0;
+  uint64_t releases_ = 0;  // chunks released, ever (see WaitForRoom)
   void (*wake_up_)(void* data) = nullptr;
   void* wake_up_data_ = nullptr;
 };

@@ -469,7 +469,12 @@ void Receiver::AddMapped(Batch* batch, MappedChunk* chunk) {
   napi_value buffer = nullptr;
   if (direct_buffers_) {
     chunk->direct = true;
-    switch (direct_buffer::Make(Value(), chunk->address, chunk->length, FreeDirectChunk, chunk, &buffer)) {
+    napi_value global = nullptr;
+    direct_buffer::Made made =
+        napi_get_global(env, &global) == napi_ok
+            ? direct_buffer::Make(global, chunk->address, chunk->length, FreeDirectChunk, chunk, &buffer)
+            : direct_buffer::Made::kNo;
+    switch (made) {
       case direct_buffer::Made::kYes: AddMappedBuffer(batch, buffer, chunk->length); return;
       case direct_buffer::Made::kArrayBufferOnly:
         batch->abandoned = true;  // the environment is stopping; the chunk is V8's now
@@ -586,7 +591,7 @@ void Receiver::ZerocopyCycle(Batch* batch) {
     // Every pinned byte the cap allows is still held by JS. Waiting only makes sense if
     // a release can come; a drain must finish now.
     if (pool_full_policy_ == PoolFull::kWait && !draining_) {
-      MappingPool::WaitResult wait = pool_->WaitForRoom(this);
+      MappingPool::WaitResult wait = pool_->WaitForRoom(this, slot);
       if (wait == MappingPool::WaitResult::kWaiting) {
         stats_.pool_waits++;
         waiting_for_pool_ = true;
@@ -594,7 +599,7 @@ void Receiver::ZerocopyCycle(Batch* batch) {
         return;
       }
       // Room was made on another thread just now: the socket is still readable, so the
-      // next turn of the loop maps into it.
+      // next turn of the loop tries again.
       if (wait == MappingPool::WaitResult::kRoomNow) return;
     }
     double before = stats_.bytes_copied;

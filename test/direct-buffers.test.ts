@@ -91,21 +91,33 @@ describe.skipIf(!probe().supported)('mapped chunks as direct Buffers', () => {
 
   it("whenPoolFull: 'wait' resumes when chunks dropped without release() are collected", async () => {
     // Their memory comes back through V8's deleter, maybe on a GC thread: the waiting
-    // receiver must still be told, on its own thread.
+    // receiver must still be told, on its own thread. The consumer keeps every chunk
+    // until the receiver waits, then drops them all and collects.
     configure({ maxPinnedBytes: 4 * MiB });
     const { receiver, socket } = await zerocopyStream(32 * MiB, 68, { whenPoolFull: 'wait', chunkSize: 256 * 1024 });
     const checker = new PatternChecker(68);
-    const collector = setInterval(() => globalThis.gc?.(), 20);
+    let kept: unknown[] = [];
+    let waitsSeen = 0;
+    let collections = 0;
+    const collector = setInterval(() => {
+      if (receiver.stats.poolWaits === waitsSeen) return;
+      waitsSeen = receiver.stats.poolWaits;
+      kept = [];
+      globalThis.gc?.();
+      collections++;
+    }, 10);
     let mapped = 0;
     try {
       for await (const chunk of receiver) {
         checker.check(chunk.data);
         if (chunk.mapped) mapped += chunk.data.length;
+        kept.push(chunk);
       }
     } finally {
       clearInterval(collector);
     }
     expect(checker.offset).toBe(32 * MiB);
+    expect(collections).toBeGreaterThan(0);
     expect(receiver.stats.poolWaits).toBeGreaterThan(0);
     expect(receiver.stats.bytesCopiedPoolFull).toBe(0);
     // Far more than the cap was mapped: the collected chunks made the room.

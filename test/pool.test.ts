@@ -221,6 +221,42 @@ describe.skipIf(!probe().supported)("whenPoolFull: 'wait' cannot hang", () => {
     socket.destroy();
   });
 
+  it('nor spin when the address space is used up below the cap (written chunks no longer count as pinned)', async () => {
+    // A written chunk becomes a private copy: off the pinned count, but its range stays
+    // taken. Once the pool's address space is gone, a receiver that took "under the cap"
+    // for room retried on every turn of the loop (half a million wake-ups in 1.5 s).
+    configure({ maxPinnedBytes: 4 * MiB });
+    const { receiver, socket } = await zerocopyStream(256 * MiB, 69, { whenPoolFull: 'wait', chunkSize: 256 * 1024 });
+    const checker = new PatternChecker(69);
+    const hoard: Chunk[] = [];
+    let pending = receiver.read();
+    for (;;) {
+      const outcome = await Promise.race([
+        pending,
+        new Promise<'stalled'>((resolve) => setTimeout(() => resolve('stalled'), 300)),
+      ]);
+      if (outcome === 'stalled') break;
+      const chunk = outcome as Chunk;
+      checker.check(chunk.data);
+      if (chunk.mapped) chunk.data[0] ^= 1; // a private copy from here on
+      hoard.push(chunk);
+      pending = receiver.read();
+    }
+    const wakeups = receiver.stats.wakeups;
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    expect(receiver.stats.poolWaits).toBeGreaterThan(0);
+    expect(receiver.stats.wakeups - wakeups).toBeLessThan(5);
+    expect(poolStats().chunksCopiedOnWrite).toBeGreaterThan(0);
+    for (const chunk of hoard.splice(0)) chunk.release();
+    const first = (await pending) as Chunk;
+    checker.check(first.data);
+    first.release();
+    const rest = await drain(receiver, checker);
+    expect(rest.error).toBeNull();
+    expect(checker.offset).toBe(256 * MiB);
+    socket.destroy();
+  });
+
   it('readable() refuses the wait policy', async () => {
     const { receiver, socket } = await zerocopyStream(MiB, 67, { whenPoolFull: 'wait' });
     expect(() => receiver.readable()).toThrow(errorWith({ code: 'ERR_TCPZC_READABLE_WAIT' }));
