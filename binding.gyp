@@ -35,7 +35,12 @@
           ],
           "cflags!": ["-fno-exceptions"],
           "cflags_cc!": ["-fno-exceptions", "-std=gnu++17", "-std=gnu++1y", "-std=gnu++20"],
-          "cflags_cc": ["<@(zc_cflags)", "-fexceptions"]
+          "cflags_cc": ["<@(zc_cflags)", "-fexceptions"],
+          "conditions": [
+            # Node 23+'s V8 headers (native/direct_buffer.cc) refuse anything below C++20;
+            # the last -std given wins.
+            ["node_module_version >= 131", {"cflags_cc": ["-std=c++20"]}]
+          ]
         },
         {
           "target_name": "zc_sender",

@@ -178,19 +178,19 @@ Napi::Value Addon::ReleaseChunk(const Napi::CallbackInfo& info) {
     // Detach first: from here on no JS view can reach the pages. If that fails, the
     // pages stay mapped (a later release or the finalizer frees them).
     bool direct = chunk != nullptr && chunk->direct;  // read now: the detach may free it
-    MappingPool::JsRelease telling_waiters_here;
-    if (chunk != nullptr && napi_detach_arraybuffer(env, array_buffer) == napi_ok) {
-      if (direct) {
-        // The detach dropped this Buffer's hold on a direct Buffer's memory: the deleter
-        // has released the chunk and freed it (or does so once whatever else still holds
-        // the memory lets go). The waiters are told here, on this thread.
-        pool_->NotifyWaiters();
-      } else {
-        pool_->Release(chunk);
-        ForgetWatch(env, chunk);
-      }
-      released = true;
+    bool detached = false;
+    if (chunk != nullptr) {
+      // A direct Buffer's detach drops its hold on the memory: the deleter releases the
+      // chunk and frees it right there (or once whatever else still holds the memory lets
+      // go), and the waiters are told as this scope ends.
+      MappingPool::JsRelease telling_waiters_here(pool_.get());
+      detached = napi_detach_arraybuffer(env, array_buffer) == napi_ok;
     }
+    if (detached && !direct) {
+      pool_->Release(chunk);
+      ForgetWatch(env, chunk);
+    }
+    released = detached;
   }
   return Napi::Boolean::New(env, released);
 }

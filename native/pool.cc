@@ -188,16 +188,30 @@ void MappingPool::Release(MappedChunk* chunk) {
 }
 
 namespace {
-thread_local int js_releases_in_progress = 0;
+thread_local MappingPool::JsRelease* innermost_js_release = nullptr;
 }  // namespace
 
-MappingPool::JsRelease::JsRelease() { js_releases_in_progress++; }
-MappingPool::JsRelease::~JsRelease() { js_releases_in_progress--; }
+MappingPool::JsRelease::JsRelease(MappingPool* pool) : pool_(pool), outer_(innermost_js_release) {
+  innermost_js_release = this;
+}
+
+MappingPool::JsRelease::~JsRelease() {
+  innermost_js_release = outer_;
+  if (released_) pool_->NotifyWaiters();
+}
 
 void MappingPool::ReleaseFromAnyThread(MappedChunk* chunk) {
   std::lock_guard<std::mutex> lock(mutex_);
+  if (!ReleaseLocked(chunk) || waiters_.empty()) return;
+  for (JsRelease* scope = innermost_js_release; scope != nullptr; scope = scope->outer_) {
+    if (scope->pool_ == this) {
+      scope->released_ = true;  // told as the scope ends
+      return;
+    }
+  }
   // Under the lock: SetWakeUp(nullptr) cannot pull the wake-up from under the call.
-  if (ReleaseLocked(chunk) && !waiters_.empty() && js_releases_in_progress == 0 && wake_up_ != nullptr) {
+  if (!wake_up_pending_ && wake_up_ != nullptr) {
+    wake_up_pending_ = true;
     wake_up_(wake_up_data_);
   }
 }
@@ -344,6 +358,7 @@ void MappingPool::NotifyWaiters() {
   {
     std::lock_guard<std::mutex> lock(mutex_);
     waiters.swap(waiters_);
+    wake_up_pending_ = false;
   }
   // Outside the lock: a waiter starts polling again, and may reserve at once.
   for (PoolWaiter* waiter : waiters) waiter->OnPoolSpace();
@@ -351,10 +366,10 @@ void MappingPool::NotifyWaiters() {
 
 MappingPool::WaitResult MappingPool::WaitForRoom(PoolWaiter* waiter, const Slot& empty) {
   std::lock_guard<std::mutex> lock(mutex_);
-  if (live_.empty()) return WaitResult::kNothingLive;
-  // Released on another thread since the Reserve that found no room: it may fit now.
-  // (Only a release makes the answer change, so this cannot spin.)
+  // Released on another thread since the Reserve that found no room (perhaps the last
+  // live chunk): it may fit now. Only a release changes the answer, so this cannot spin.
   if (releases_ != empty.releases_seen) return WaitResult::kRoomNow;
+  if (live_.empty()) return WaitResult::kNothingLive;
   if (std::find(waiters_.begin(), waiters_.end(), waiter) == waiters_.end()) waiters_.push_back(waiter);
   return WaitResult::kWaiting;
 }

@@ -50,10 +50,12 @@ struct MappedChunk {
 // no pages (so the kernel may skip its zap: TLB_CLEAN_HINT) and bounds the bytes mapped
 // and not yet released, which the kernel itself no longer accounts for.
 //
-// Used on its environment's thread, except Release(): V8 frees a direct Buffer's memory
-// on whichever thread drops it last (a GC thread, another isolate it was moved to, a
-// worker's teardown), so every member locks. Waiters are only ever told on the
-// environment's thread: from any other, Release() asks the wake-up set by SetWakeUp().
+// Used on its environment's thread, except ReleaseFromAnyThread(): V8 frees a direct
+// Buffer's memory on whichever thread drops it last (a GC thread, another isolate it was
+// moved to, a worker's teardown), so every member that touches chunks or ranges locks
+// (the copy-on-write switch and the pool-full count are the environment thread's alone).
+// Waiters are only ever told on the environment's thread: from any other, a release asks
+// the wake-up set by SetWakeUp().
 class MappingPool : public std::enable_shared_from_this<MappingPool> {
  public:
   struct Slot {
@@ -80,17 +82,23 @@ class MappingPool : public std::enable_shared_from_this<MappingPool> {
   // waiters when room was made.
   void Release(MappedChunk* chunk);
   // The same from any thread at any time (a direct Buffer's deleter): never calls a
-  // waiter, but asks for the wake-up if any waits, unless a JsRelease on this thread
-  // tells them itself.
+  // waiter, but asks for the wake-up if any waits (once until they are told), unless a
+  // JsRelease of this pool on this thread tells them itself.
   void ReleaseFromAnyThread(MappedChunk* chunk);
-  // Around a release() from JS whose detach runs the deleter right there: the caller
-  // tells the waiters afterwards, so the deleter need not wake the loop for them.
+  // Around the detach of a release() from JS, which runs the deleter right there: the
+  // waiters are told when it ends, on this thread, without waking the loop for them.
   class JsRelease {
    public:
-    JsRelease();
+    explicit JsRelease(MappingPool* pool);
     ~JsRelease();
     JsRelease(const JsRelease&) = delete;
     JsRelease& operator=(const JsRelease&) = delete;
+
+   private:
+    MappingPool* pool_;
+    JsRelease* outer_;
+    bool released_ = false;
+    friend class MappingPool;
   };
   // How another thread's release gets the waiters told on the environment's thread (null:
   // it cannot any more). `wake_up` must be callable from any thread until replaced.
@@ -179,7 +187,8 @@ class MappingPool : public std::enable_shared_from_this<MappingPool> {
   // TLB flush) for several chunks instead of one each.
   std::vector<std::pair<uint8_t*, size_t>> released_;
   size_t released_bytes_ = 0;
-  uint64_t releases_ = 0;  // chunks released, ever (see WaitForRoom)
+  uint64_t releases_ = 0;         // chunks released, ever (see WaitForRoom)
+  bool wake_up_pending_ = false;  // asked for the wake-up; the waiters were not told yet
   void (*wake_up_)(void* data) = nullptr;
   void* wake_up_data_ = nullptr;
 };
