@@ -544,19 +544,13 @@ void Receiver::AddMapped(Batch* batch, MappedChunk* chunk) {
 // Not type-tagged (a private property per Buffer costs a map transition per chunk):
 // releaseChunk() finds a mapped chunk by its address among the pool's live chunks.
 void Receiver::AddMappedBuffer(Batch* batch, napi_value buffer, size_t length) {
-  batch->chunks[batch->count] = buffer;
-  batch->mapped[batch->count] = true;
-  batch->count++;
-  batch->bytes += length;
+  batch->Add(buffer, length, true);
   stats_.bytes_mapped += ToDouble(length);
   stats_.chunks_mapped++;
 }
 
 void Receiver::AddCopied(Batch* batch, napi_value buffer, size_t length) {
-  batch->chunks[batch->count] = buffer;
-  batch->mapped[batch->count] = false;
-  batch->count++;
-  batch->bytes += length;
+  batch->Add(buffer, length, false);
   stats_.bytes_copied += ToDouble(length);
   stats_.bytes_copied_by_cause[copy_cause_] += ToDouble(length);
   stats_.chunks_copied++;

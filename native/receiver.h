@@ -44,6 +44,12 @@ class Receiver : public Napi::ObjectWrap<Receiver>, private PoolWaiter {
     bool abandoned = false;  // JS objects could not be made: environment teardown
     size_t bytes = 0;
     bool Empty() const { return count == 0 && error == 0 && !eof; }
+    void Add(napi_value buffer, size_t length, bool is_mapped) {
+      chunks[count] = buffer;
+      mapped[count] = is_mapped;
+      count++;
+      bytes += length;
+    }
   };
 
   Napi::Value Start(const Napi::CallbackInfo& info);
