@@ -28,12 +28,23 @@ function runChild(args: string[], flags: string[] = [], fixture = 'transfer-chil
   return { status: result.status, signal: result.signal, stderr: result.stderr, stdout: result.stdout };
 }
 
-/** Runs transfer-child.js: the main thread read the moved bytes intact, and nothing died. */
-function expectMovedIntact(args: string[], mapped: boolean, flags: string[] = [], env = process.env): void {
+interface Moved {
+  checked: number;
+  mapped: boolean;
+  reused: number;
+}
+
+/** Runs transfer-child.js and returns what the main thread found; nothing may have died. */
+function runMoved(args: string[], flags: string[] = [], env = process.env): Moved {
   const result = runChild(args, flags, 'transfer-child.js', env);
   expect(result.stderr).toBe('');
   expect(result).toMatchObject({ status: 0, signal: null });
-  const moved = JSON.parse(result.stdout) as { checked: number; mapped: boolean };
+  return JSON.parse(result.stdout) as Moved;
+}
+
+/** Runs transfer-child.js: the main thread read the moved bytes intact. */
+function expectMovedIntact(args: string[], mapped: boolean, flags: string[] = [], env = process.env): void {
+  const moved = runMoved(args, flags, env);
   expect(moved.mapped).toBe(mapped);
   expect(moved.checked).toBeGreaterThanOrEqual(512 * 1024);
 }
@@ -44,6 +55,16 @@ describe('a chunk moved to another thread with ArrayBuffer.prototype.transfer', 
     // before they stopped reusing it where transfer() exists.
     expectMovedIntact(['copy'], false);
   });
+
+  it.each(BUFFER_KINDS)(
+    'copied, as $kind, while earlier chunks are held: no reused memory where transfer() exists',
+    ({ env }) => {
+      // Copied chunks are Node-API Buffers either way, and their reused memory would be
+      // freed under the other thread when the worker stops: they keep memory of their own.
+      const moved = runMoved(['copy', 'held'], [], env);
+      expect(moved.reused).toBe(0);
+    },
+  );
 
   describe.skipIf(!probe().supported).each(BUFFER_KINDS)('mapped, as $kind', ({ env }) => {
     it('its pages stay mapped after its worker stops at once', () => {
