@@ -56,14 +56,15 @@ export interface AutoPathMember {
 
 /** Below this mapped share, a zero-copy window says the stream cannot be mapped. */
 const MIN_MAPPED_SHARE = 0.5;
-/** Pairs of windows measured before the first decision, and at each re-check. */
+/** Pairs of windows measured before the first decision. */
 const FIRST_PAIRS = 4;
-const RECHECK_PAIRS = 2;
 /** After this many pairs, a ratio beyond CLEAR_RATIO decides at once. */
 const EARLY_PAIRS = 2;
 const CLEAR_RATIO = 1.5;
 /** A re-check switches only when the other path is cheaper by more than this. */
 const SWITCH_MARGIN = 0.05;
+/** Pairs measured again, pooled with the re-check's, before a re-check switches. */
+const CONFIRM_PAIRS = 2;
 /**
  * Re-check distance: recheckEvery windows, times (ratio - 1) * RECHECK_STRETCH, within
  * [1, MAX_RECHECK_STRETCH]. The dearer path's windows in a re-check cost about (ratio - 1)
@@ -73,6 +74,8 @@ const SWITCH_MARGIN = 0.05;
  */
 const RECHECK_STRETCH = 4;
 const MAX_RECHECK_STRETCH = 16;
+/** A close decision that nothing backs yet is checked again this much sooner. */
+const SOON_DIVISOR = 8;
 /**
  * A measured window in which the process faulted in fresh memory for more than this share
  * of the bytes delivered paid for a first use (memory a path took up for the first time, or
@@ -142,6 +145,10 @@ export class AutoPath {
   #decision = 'measuring: warm-up windows';
   #cost: MeasuredCost = { zerocopy: null, copy: null };
   #checks = 0;
+  // The ratio of the last decision (the other path's cost to the chosen one's).
+  #lastRatio = 1;
+  // A re-check found the other path cheaper: this round measures it again before the switch.
+  #confirming = false;
 
   constructor(options: AutoPathOptions) {
     this.#windowBytes = options.windowBytes ?? 8 * 1024 * 1024;
@@ -291,8 +298,9 @@ export class AutoPath {
 
   /**
    * Both paths of this round measured: settle on the cheaper by each path's lower median
-   * window (the second cheapest of four, the cheaper of two). Noise here only ever adds:
-   * a burst of other work on the thread or the host, a garbage collection, or the page
+   * window (the second cheapest of four, the middle one of three, the cheaper of two).
+   * Noise here only ever adds: a burst of other work on the thread or the host, a
+   * garbage collection, or the page
    * faults of memory a path touches for the first time (seen: a forwarder at 4 MiB
    * chunks paid about 1,000 faults, 3 ms per MB, in two of its first four copy windows,
    * and the plain median chose mapping at twice copying's cost). The lower median
@@ -312,6 +320,15 @@ export class AutoPath {
       const mine = this.#chosen === 'zerocopy' ? zerocopy : copy;
       const theirs = other === 'zerocopy' ? zerocopy : copy;
       path = theirs < mine * (1 - SWITCH_MARGIN) ? other : this.#chosen;
+      if (path !== this.#chosen && !this.#confirming) {
+        // A switch is trusted only once measured twice: a burst of other work on the
+        // process (seen: 3-7x for 10-20 ms, over two or three windows at 1 MiB chunks)
+        // can make the settled path look dear, and a switch on that ratio would stay
+        // for up to 16 times the re-check distance. Two more pairs, pooled with these.
+        this.#confirming = true;
+        this.#plan = alternate(other, CONFIRM_PAIRS, false);
+        return;
+      }
     } else {
       path = zerocopy <= copy ? 'zerocopy' : 'copy';
     }
@@ -319,7 +336,26 @@ export class AutoPath {
     const otherWay = path === 'zerocopy' ? 'copying' : 'mapping';
     const [mine, theirs] = path === 'zerocopy' ? [zerocopy, copy] : [copy, zerocopy];
     const ratio = theirs / mine;
-    const stretch = Number.isNaN(ratio) ? 1 : Math.min(MAX_RECHECK_STRETCH, Math.max(1, (ratio - 1) * RECHECK_STRETCH));
+    // How far to the next re-check goes by the ratio only as far as the last measurement
+    // backs it: a burst over the other path's windows can inflate one re-check's ratio
+    // (seen: 3.2x where the first decision and later re-checks measured 1.1-1.2x), and 16
+    // times the distance on the wrong path costs far more than one re-check too many.
+    // Nothing backs a first decision or a switch. If it was close (under CLEAR_RATIO), it is
+    // checked again soon: a first decision is measured at start-up (the first
+    // connection's first MBs, code not yet optimised). With no consumer, the bench's auto
+    // receiver copied most of the measured GiB while mapping cost at least 10% less in 8
+    // of 20 runs at 1 MiB chunks (3 of 20 at 4 MiB); 2 (0) with these rules. Checking
+    // again costs three windows of the dearer path, once: under 1.5x, less than half a
+    // window's worth more each.
+    const backed = !recheck ? ratio : path === this.#chosen ? Math.min(ratio, this.#lastRatio) : 1;
+    const unbacked = !recheck || path !== this.#chosen;
+    this.#lastRatio = ratio;
+    const soon = unbacked && !(ratio >= CLEAR_RATIO);
+    const stretch = soon
+      ? 1 / SOON_DIVISOR
+      : Number.isNaN(backed)
+        ? 1
+        : Math.min(MAX_RECHECK_STRETCH, Math.max(1, (backed - 1) * RECHECK_STRETCH));
     this.#recheckBytes = Math.round(stretch * this.#recheckEvery * this.#windowBytes);
     this.#checks++;
     this.#chosen = path;
@@ -327,9 +363,10 @@ export class AutoPath {
     const comparison = ratio >= 1 || Number.isNaN(ratio) ? `${ratio.toFixed(2)}x` : 'kept: within 5%';
     this.#decision =
       `${path}: ${chosenWay} measured ${fmt(mine)} µs of CPU per MB, ${otherWay} ${fmt(theirs)} ` +
-      `(consumer included; ${comparison}), re-checked every ` +
+      `(consumer included; ${comparison}), ${soon ? 'checked again after' : 're-checked every'} ` +
       `${Math.round(this.#recheckBytes / 2 ** 20)} MiB`;
     this.#plan = [];
+    this.#confirming = false;
     this.#awaitingFresh = false;
     this.#windowRetried = false;
     this.#settledBytes = 0;
@@ -341,6 +378,7 @@ export class AutoPath {
     // The current path first (no switch, nothing to settle), then alternating.
     this.#plan = recheckPlan(this.#chosen);
     this.#round = { zerocopy: [], copy: [] };
+    this.#confirming = false;
     this.#window = emptyTotals();
     this.#awaitingFresh = false;
     this.#windowRetried = false;
@@ -483,20 +521,27 @@ class Member implements AutoPathMember {
 }
 
 /**
- * A re-check: the current path, then the other after a warm-up window of it (it has not
- * run for a while), then the current one again (RECHECK_PAIRS pairs, ABBA).
+ * A re-check: the current path, a warm-up window of the other (it has not run for a
+ * while), then the two alternating: current, other, current, other, current. No two
+ * windows of one path in a row, so a burst of other work over two windows (seen at 1 MiB
+ * chunks, where a window lasts about 5 ms) inflates one window of each path, and the
+ * lower medians pass it by; back to back, it made both of one path's windows dear.
  */
 function recheckPlan(current: ReceivePath): Window[] {
-  const [first, ...rest] = alternate(current, RECHECK_PAIRS);
-  return [first, { path: rest[0].path, measured: false }, ...rest];
+  const other: ReceivePath = current === 'zerocopy' ? 'copy' : 'zerocopy';
+  return [{ path: current, measured: true }, { path: other, measured: false }, ...alternate(other, 2, false)];
 }
 
-/** `pairs` pairs of measured windows, ABBA-ordered, starting with `first`. */
-function alternate(first: ReceivePath, pairs: number): Window[] {
+/**
+ * `pairs` pairs of measured windows starting with `first`: ABBA-ordered (so a drift over
+ * the measurement, such as threadpool writes that run on after a switch, weighs on both
+ * paths alike), or alternating.
+ */
+function alternate(first: ReceivePath, pairs: number, abba = true): Window[] {
   const second: ReceivePath = first === 'zerocopy' ? 'copy' : 'zerocopy';
   const plan: Window[] = [];
   for (let i = 0; i < pairs; i++) {
-    const [a, b] = i % 2 === 0 ? [first, second] : [second, first];
+    const [a, b] = abba && i % 2 === 1 ? [second, first] : [first, second];
     plan.push({ path: a, measured: true }, { path: b, measured: true });
   }
   return plan;

@@ -83,8 +83,9 @@ export interface AttachOptions {
   /**
    * 'auto' (default): measures what mapping and what copying cost on this host with this
    * consumer (the process's CPU time per byte delivered, over windows of max(8 MiB, 4 chunks)), uses
-   * the cheaper, and measures both again every 128 windows' worth of bytes;
-   * `stats.decision` says which and why. The measurement and the choice are shared by
+   * the cheaper, and measures both again now and then (a close decision not yet backed by
+   * a second measurement after 16 windows' worth of bytes, then every 128 windows or
+   * further apart the clearer the choice); `stats.decision` says which and why. The measurement and the choice are shared by
    * the receivers of one thread with the same chunkSize and `autoGroup`, so a server's
    * later connections start on the cheaper path. A stream that cannot be mapped (under
    * half of its first window) copies on its own. It copies for good after a zero-copy

@@ -77,7 +77,7 @@ describe('AutoPath (the decision, with an injected cost source)', () => {
       const n = seen[path]++;
       const burst = n >= 11 && n <= 20 ? 1000 : 0;
       return (path === 'zerocopy' ? 100 : 110) + burst;
-    }, 20 * WINDOW);
+    }, 13 * WINDOW);
     expect(auto.checks).toBe(1);
     expect(auto.path).toBe('zerocopy');
     expect(auto.cost.zerocopy).toBeCloseTo(100, 6);
@@ -108,7 +108,7 @@ describe('AutoPath (the decision, with an injected cost source)', () => {
     const { auto } = run((path) => {
       const n = seen[path]++;
       return path === 'copy' ? (n <= 20 ? 2000 : 80) : 100;
-    }, 20 * WINDOW);
+    }, 13 * WINDOW);
     expect(auto.checks).toBe(1);
     expect(auto.path).toBe('copy');
     expect(auto.cost.copy).toBeCloseTo(80, 6);
@@ -392,9 +392,114 @@ describe('AutoPath (the decision, with an injected cost source)', () => {
       }
       return auto.decision;
     };
-    expect(decisionAt(110)).toMatch(/1\.10x\), re-checked every 1024 MiB$/);
+    expect(decisionAt(110)).toMatch(/1\.10x\), checked again after 128 MiB$/);
     expect(decisionAt(200)).toMatch(/2\.00x\), re-checked every 4096 MiB$/);
     expect(decisionAt(1000)).toMatch(/10\.00x\), re-checked every 16384 MiB$/);
+  });
+
+  it('checks a close decision again soon until a re-check backs it; a clear first one is not', () => {
+    // At start-up copying looks 10% cheaper; from the first decision on, mapping is 20%
+    // cheaper. Defaults: windows of 8 MiB, re-checks every 128 windows (1 GiB).
+    let clock = 0;
+    const auto = new AutoPath({ cpuNs: () => clock });
+    const member = auto.join(() => undefined);
+    const checks: { mib: number; decision: string }[] = [];
+    for (let mib = 0; auto.checks < 4 && mib < 10_000; mib++) {
+      clock += member.path === 'copy' ? 100 : auto.checks === 0 ? 110 : 80; // per MB
+      member.delivered(2 ** 20, member.path === 'zerocopy' ? 2 ** 20 : 0);
+      if (auto.checks > checks.length) checks.push({ mib, decision: auto.decision });
+    }
+    expect(checks.map((check) => check.decision)).toEqual([
+      expect.stringMatching(/^copy: .*1\.10x\), checked again after 128 MiB$/),
+      // The switch is a decision nothing backs yet either.
+      expect.stringMatching(/^zerocopy: .*1\.25x\), checked again after 128 MiB$/),
+      expect.stringMatching(/^zerocopy: .*1\.25x\), re-checked every 1024 MiB$/),
+      expect.stringMatching(/^zerocopy: .*1\.25x\), re-checked every 1024 MiB$/),
+    ]);
+    // Soon: 128 MiB, then the re-check's six windows (and four more to confirm a switch).
+    expect(checks[1].mib - checks[0].mib).toBeLessThan(256);
+    expect(checks[2].mib - checks[1].mib).toBeLessThan(256);
+    expect(checks[3].mib - checks[2].mib).toBeGreaterThan(1024);
+
+    // A clear first decision (every window 1.5x apart) is not checked again soon.
+    clock = 0;
+    const clear = new AutoPath({ cpuNs: () => clock });
+    const alone = clear.join(() => undefined);
+    for (let i = 0; clear.checks === 0 && i < 1000; i++) {
+      clock += alone.path === 'copy' ? 100 : 160;
+      alone.delivered(2 ** 20, alone.path === 'zerocopy' ? 2 ** 20 : 0);
+    }
+    expect(clear.decision).toMatch(/1\.60x\), re-checked every 2458 MiB$/);
+  });
+
+  describe('a burst of other work during a re-check', () => {
+    /**
+     * Deliveries of 100 bytes (10 to a window) at `costs` µs per MB, except `burst.cost`
+     * over the deliveries [burst.from, burst.to), counted from the second decision (the
+     * first, a close one, is checked again soon; that one backs it). The next re-check
+     * starts 200 deliveries after it (recheckEvery 20): the current path's window
+     * (200-209), the other path's warm-up (210 starts it, 211-220), then alternating
+     * windows of 10, each after a switch but the first (221-230, 232-241, 243-252, 254-263).
+     */
+    function withBurst(
+      costs: Record<ReceivePath, number>,
+      burst: { from: number; to: number; cost: number },
+      after: number,
+    ): { auto: AutoPath; pathsAfterDecision: ReceivePath[]; checksAfter: number } {
+      let clock = 0;
+      const paths: ReceivePath[] = [];
+      const auto = group(() => clock);
+      const member = auto.join((path) => paths.push(path));
+      let sinceDecision = -1;
+      let pathsBefore = 0;
+      let checksBefore = 0;
+      for (let i = 0; sinceDecision < after && i < 10_000; i++) {
+        const inBurst = sinceDecision >= burst.from && sinceDecision < burst.to;
+        clock += (100 * (inBurst ? burst.cost : costs[member.path])) / 1000;
+        member.delivered(100, member.path === 'zerocopy' ? 100 : 0);
+        if (sinceDecision >= 0) sinceDecision++;
+        else if (auto.checks === 2) {
+          sinceDecision = 0;
+          pathsBefore = paths.length;
+          checksBefore = auto.checks;
+        }
+      }
+      return { auto, pathsAfterDecision: paths.slice(pathsBefore), checksAfter: auto.checks - checksBefore };
+    }
+
+    it('over two windows in a row, inflates one window of each path, not both of one', () => {
+      // Back to back (the old order: current, warm-up, other, other, current), both copy
+      // windows fell in the burst and copying measured 700.
+      const { auto, checksAfter } = withBurst({ zerocopy: 100, copy: 120 }, { from: 221, to: 241, cost: 700 }, 270);
+      expect(checksAfter).toBe(1);
+      expect(auto.path).toBe('zerocopy');
+      expect(auto.cost.copy).toBeCloseTo(120, 6);
+      expect(auto.decision).toMatch(/copying 120 \(consumer included; 1\.20x\)/);
+    });
+
+    it('a re-check measures again before it switches (pooled), and keeps the path the burst hid', () => {
+      // The current path's last two windows (and the other's between them) in the burst:
+      // copying's middle window measures 900, mapping's cheaper one 120.
+      const { auto, pathsAfterDecision, checksAfter } = withBurst(
+        { zerocopy: 120, copy: 100 },
+        { from: 232, to: 264, cost: 900 },
+        320,
+      );
+      expect(checksAfter).toBe(1);
+      expect(auto.path).toBe('copy');
+      expect(auto.cost).toEqual({ zerocopy: expect.closeTo(120, 6) as number, copy: expect.closeTo(100, 6) as number });
+      // The re-check went to mapping and back twice, and measuring again twice more.
+      expect(pathsAfterDecision).toEqual(Array(4).fill(['zerocopy', 'copy']).flat());
+    });
+
+    it('a ratio the last decision did not back does not put the next re-check further off', () => {
+      // Both copy windows in the burst: kept mapping at 7x, but the decision before
+      // measured 1.2x. The next re-check comes at the usual distance, not 16 times it.
+      const { auto, checksAfter } = withBurst({ zerocopy: 100, copy: 120 }, { from: 221, to: 253, cost: 700 }, 600);
+      expect(checksAfter).toBe(2);
+      expect(auto.decision).toMatch(/copying 120 \(consumer included; 1\.20x\)/);
+      expect(auto.path).toBe('zerocopy');
+    });
   });
 
   it('a re-check keeps the path when the other is not cheaper by more than 5%', () => {
