@@ -24,7 +24,9 @@ export interface AutoPathOptions {
    * Windows' worth of bytes on the chosen path between two re-checks when the paths
    * measured within 25% of each other (default 128). The clearer the choice, the rarer the
    * re-check (up to 16 times as far apart): a re-check runs the dearer path for a while,
-   * and that costs in proportion to how much dearer it is.
+   * and that costs in proportion to how much dearer it is. A close decision (under 1.5x)
+   * that no re-check backs yet, the first one or a switch, is checked again after an
+   * eighth of this.
    */
   recheckEvery?: number;
   /** CPU time now, in nanoseconds (the process's, all threads, in the package). */
@@ -109,7 +111,7 @@ interface Totals {
  * warm-up window of each), compares the process's CPU time per byte delivered (the consumers'
  * work included, also what they hand to the threadpool, such as file writes), settles on
  * the cheaper, and measures both again after `recheckEvery` windows' worth of bytes (further
- * apart the clearer the choice). Every
+ * apart the clearer the choice, sooner for a close choice not yet measured twice). Every
  * member follows the path under measurement or chosen, so the thread's receivers spend
  * their CPU on one path at a time; a member whose own stream cannot be
  * mapped (a plain sender, a NIC without header split) copies on its own.
@@ -298,20 +300,18 @@ export class AutoPath {
 
   /**
    * Both paths of this round measured: settle on the cheaper by each path's lower median
-   * window (the second cheapest of four, the middle one of three, the cheaper of two).
-   * Noise here only ever adds: a burst of other work on the thread or the host, a
-   * garbage collection, or the page
-   * faults of memory a path touches for the first time (seen: a forwarder at 4 MiB
-   * chunks paid about 1,000 faults, 3 ms per MB, in two of its first four copy windows,
-   * and the plain median chose mapping at twice copying's cost). The lower median
-   * ignores up to half of a path's windows if they are inflated. (Work that spills from
-   * one window into the next, such as threadpool writes still running at a switch, can
-   * also make a window read low; the ABBA order spreads that over both paths.)
+   * window (the second cheapest of four, the cheaper of two). Noise here only ever adds:
+   * a burst of other work on the thread or the host, a garbage collection, or the page
+   * faults of memory a path touches for the first time (seen: a forwarder at 4 MiB chunks
+   * paid about 1,000 faults, 3 ms per MB, in two of its first four copy windows, and the
+   * plain median chose mapping at twice copying's cost). The lower median ignores up to
+   * half of a path's windows if they are inflated. (Work that spills from one window into
+   * the next, such as threadpool writes still running at a switch, can also make a window
+   * read low; the first round's ABBA order spreads that over both paths.)
    */
   #decide(): void {
     const zerocopy = lowerMedian(this.#round.zerocopy);
     const copy = lowerMedian(this.#round.copy);
-    this.#cost = { zerocopy, copy };
     const recheck = this.#checks > 0;
     let path: ReceivePath;
     if (recheck) {
@@ -325,13 +325,15 @@ export class AutoPath {
         // process (seen: 3-7x for 10-20 ms, over two or three windows at 1 MiB chunks)
         // can make the settled path look dear, and a switch on that ratio would stay
         // for up to 16 times the re-check distance. Two more pairs, pooled with these.
+        // The re-check ended on the other path: these start on the current one.
         this.#confirming = true;
-        this.#plan = alternate(other, CONFIRM_PAIRS, false);
+        this.#plan = alternate(this.#chosen, CONFIRM_PAIRS, false);
         return;
       }
     } else {
       path = zerocopy <= copy ? 'zerocopy' : 'copy';
     }
+    this.#cost = { zerocopy, copy };
     const chosenWay = path === 'zerocopy' ? 'mapping' : 'copying';
     const otherWay = path === 'zerocopy' ? 'copying' : 'mapping';
     const [mine, theirs] = path === 'zerocopy' ? [zerocopy, copy] : [copy, zerocopy];
@@ -340,13 +342,14 @@ export class AutoPath {
     // backs it: a burst over the other path's windows can inflate one re-check's ratio
     // (seen: 3.2x where the first decision and later re-checks measured 1.1-1.2x), and 16
     // times the distance on the wrong path costs far more than one re-check too many.
-    // Nothing backs a first decision or a switch. If it was close (under CLEAR_RATIO), it is
-    // checked again soon: a first decision is measured at start-up (the first
-    // connection's first MBs, code not yet optimised). With no consumer, the bench's auto
-    // receiver copied most of the measured GiB while mapping cost at least 10% less in 8
-    // of 20 runs at 1 MiB chunks (3 of 20 at 4 MiB); 2 (0) with these rules. Checking
-    // again costs three windows of the dearer path, once: under 1.5x, less than half a
-    // window's worth more each.
+    // Nothing backs a first decision or a switch: a clear first decision (every window
+    // CLEAR_RATIO apart) stretches by its ratio, a clear switch not at all, and a close one
+    // (under CLEAR_RATIO) is checked again soon. A first decision is measured at start-up
+    // (the first connection's first MBs, code not yet optimised): with no consumer, the
+    // bench's auto receiver copied most of the measured GiB while mapping cost at least
+    // 10% less in 12 of 20 runs at 1 MiB chunks, 3 of 20 with these rules. Checking again
+    // costs three windows of the dearer path, once: under 1.5x, less than half a window's
+    // worth more each.
     const backed = !recheck ? ratio : path === this.#chosen ? Math.min(ratio, this.#lastRatio) : 1;
     const unbacked = !recheck || path !== this.#chosen;
     this.#lastRatio = ratio;
@@ -522,14 +525,20 @@ class Member implements AutoPathMember {
 
 /**
  * A re-check: the current path, a warm-up window of the other (it has not run for a
- * while), then the two alternating: current, other, current, other, current. No two
- * windows of one path in a row, so a burst of other work over two windows (seen at 1 MiB
- * chunks, where a window lasts about 5 ms) inflates one window of each path, and the
- * lower medians pass it by; back to back, it made both of one path's windows dear.
+ * while), then other, current, other: two measured windows of each, never two of one path
+ * in a row, so a burst of other work over two windows (seen at 1 MiB chunks, where a
+ * window lasts about 5 ms) inflates one window of each path, and each path's cheaper
+ * window passes it by; back to back, it made both of one path's windows dear.
  */
 function recheckPlan(current: ReceivePath): Window[] {
   const other: ReceivePath = current === 'zerocopy' ? 'copy' : 'zerocopy';
-  return [{ path: current, measured: true }, { path: other, measured: false }, ...alternate(other, 2, false)];
+  return [
+    { path: current, measured: true },
+    { path: other, measured: false },
+    { path: other, measured: true },
+    { path: current, measured: true },
+    { path: other, measured: true },
+  ];
 }
 
 /**

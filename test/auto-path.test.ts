@@ -77,7 +77,7 @@ describe('AutoPath (the decision, with an injected cost source)', () => {
       const n = seen[path]++;
       const burst = n >= 11 && n <= 20 ? 1000 : 0;
       return (path === 'zerocopy' ? 100 : 110) + burst;
-    }, 13 * WINDOW);
+    }, 12 * WINDOW);
     expect(auto.checks).toBe(1);
     expect(auto.path).toBe('zerocopy');
     expect(auto.cost.zerocopy).toBeCloseTo(100, 6);
@@ -108,7 +108,7 @@ describe('AutoPath (the decision, with an injected cost source)', () => {
     const { auto } = run((path) => {
       const n = seen[path]++;
       return path === 'copy' ? (n <= 20 ? 2000 : 80) : 100;
-    }, 13 * WINDOW);
+    }, 12 * WINDOW);
     expect(auto.checks).toBe(1);
     expect(auto.path).toBe('copy');
     expect(auto.cost.copy).toBeCloseTo(80, 6);
@@ -434,16 +434,17 @@ describe('AutoPath (the decision, with an injected cost source)', () => {
 
   describe('a burst of other work during a re-check', () => {
     /**
-     * Deliveries of 100 bytes (10 to a window) at `costs` µs per MB, except `burst.cost`
-     * over the deliveries [burst.from, burst.to), counted from the second decision (the
+     * Deliveries of 100 bytes (10 to a window) at `costs` µs per MB, except `cost` over
+     * the deliveries [from, to) of each burst, counted from the second decision (the
      * first, a close one, is checked again soon; that one backs it). The next re-check
      * starts 200 deliveries after it (recheckEvery 20): the current path's window
-     * (200-209), the other path's warm-up (210 starts it, 211-220), then alternating
-     * windows of 10, each after a switch but the first (221-230, 232-241, 243-252, 254-263).
+     * (200-209), the other path's warm-up (210 starts it, 211-220), then other (221-230),
+     * current (231 starts it, 232-241), other (243-252); measuring again before a switch
+     * goes on with current (254-263), other (265-274), current, other.
      */
     function withBurst(
       costs: Record<ReceivePath, number>,
-      burst: { from: number; to: number; cost: number },
+      bursts: { from: number; to: number; cost: number }[],
       after: number,
     ): { auto: AutoPath; pathsAfterDecision: ReceivePath[]; checksAfter: number } {
       let clock = 0;
@@ -454,8 +455,8 @@ describe('AutoPath (the decision, with an injected cost source)', () => {
       let pathsBefore = 0;
       let checksBefore = 0;
       for (let i = 0; sinceDecision < after && i < 10_000; i++) {
-        const inBurst = sinceDecision >= burst.from && sinceDecision < burst.to;
-        clock += (100 * (inBurst ? burst.cost : costs[member.path])) / 1000;
+        const burst = bursts.find(({ from, to }) => sinceDecision >= from && sinceDecision < to);
+        clock += (100 * (burst?.cost ?? costs[member.path])) / 1000;
         member.delivered(100, member.path === 'zerocopy' ? 100 : 0);
         if (sinceDecision >= 0) sinceDecision++;
         else if (auto.checks === 2) {
@@ -470,7 +471,7 @@ describe('AutoPath (the decision, with an injected cost source)', () => {
     it('over two windows in a row, inflates one window of each path, not both of one', () => {
       // Back to back (the old order: current, warm-up, other, other, current), both copy
       // windows fell in the burst and copying measured 700.
-      const { auto, checksAfter } = withBurst({ zerocopy: 100, copy: 120 }, { from: 221, to: 241, cost: 700 }, 270);
+      const { auto, checksAfter } = withBurst({ zerocopy: 100, copy: 120 }, [{ from: 221, to: 241, cost: 700 }], 270);
       expect(checksAfter).toBe(1);
       expect(auto.path).toBe('zerocopy');
       expect(auto.cost.copy).toBeCloseTo(120, 6);
@@ -478,24 +479,28 @@ describe('AutoPath (the decision, with an injected cost source)', () => {
     });
 
     it('a re-check measures again before it switches (pooled), and keeps the path the burst hid', () => {
-      // The current path's last two windows (and the other's between them) in the burst:
-      // copying's middle window measures 900, mapping's cheaper one 120.
+      // Both of the current path's windows in bursts: copying's cheaper window measures
+      // 900, mapping's 120. Pooled with two more pairs, copying's lower median is 100.
       const { auto, pathsAfterDecision, checksAfter } = withBurst(
         { zerocopy: 120, copy: 100 },
-        { from: 232, to: 264, cost: 900 },
+        [
+          { from: 200, to: 210, cost: 900 },
+          { from: 232, to: 242, cost: 900 },
+        ],
         320,
       );
       expect(checksAfter).toBe(1);
       expect(auto.path).toBe('copy');
       expect(auto.cost).toEqual({ zerocopy: expect.closeTo(120, 6) as number, copy: expect.closeTo(100, 6) as number });
-      // The re-check went to mapping and back twice, and measuring again twice more.
+      // The re-check went to mapping, back and to mapping again; measuring again went back
+      // and forth twice; then back to copying.
       expect(pathsAfterDecision).toEqual(Array(4).fill(['zerocopy', 'copy']).flat());
     });
 
     it('a ratio the last decision did not back does not put the next re-check further off', () => {
       // Both copy windows in the burst: kept mapping at 7x, but the decision before
       // measured 1.2x. The next re-check comes at the usual distance, not 16 times it.
-      const { auto, checksAfter } = withBurst({ zerocopy: 100, copy: 120 }, { from: 221, to: 253, cost: 700 }, 600);
+      const { auto, checksAfter } = withBurst({ zerocopy: 100, copy: 120 }, [{ from: 221, to: 253, cost: 700 }], 600);
       expect(checksAfter).toBe(2);
       expect(auto.decision).toMatch(/copying 120 \(consumer included; 1\.20x\)/);
       expect(auto.path).toBe('zerocopy');
