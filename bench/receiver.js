@@ -2,17 +2,18 @@
 // @ts-check
 // One benchmark receiver in its own process, so its CPU time is its own. Prints
 // {"port":N} once listening (or {"ready":true} for net-onread, which connects to the port on
-// each "go PORT" line of stdin), receives one stream, hands every
-// piece of it to one consumer, and prints one JSON report:
+// each "go PORT" line of stdin), receives streams, hands every piece of them to one
+// consumer, and prints one JSON report per stream:
 // {"bytes","mappedBytes","cpuUserMs","cpuSysMs","elapsedMs","syscalls","maxRssKiB","path"}.
 //
 //   node bench/receiver.js --kind zerocopy|copy|auto|net-data|net-onread --chunk BYTES
 //                          [--consumer lines|none|sha256|file|forward] [--streams N]
 //                          [--port P] [--forward-to PORT] [--file PATH]
 //
-// --streams N: receive N connections one after the other and report only the last; the
-// ones before warm the process up (JIT, pool, page tables) as a long-running server is
-// warm. net-onread connects once per "go PORT" line on stdin.
+// --streams N: receive N connections one after the other, then exit. The driver uses the
+// first ones to warm the process up (JIT, pool, page tables) as a long-running server is
+// warm, and measures the rest in turn with other receivers'. net-onread connects once per
+// "go PORT" line on stdin.
 //
 // Consumers: 'lines' reads one byte of every 64-byte line; 'none' reads nothing (the
 // receive path's own cost); 'sha256' hashes every chunk with node:crypto; 'file' writes
@@ -69,7 +70,7 @@ let checksum = 0;
 /** @type {string | null} */
 let filePath = null;
 
-/** A new stream starts: counts begin afresh (only the last stream is reported). */
+/** A new stream starts: counts begin afresh. */
 function begin() {
   streamNumber++;
   bytes = 0;
@@ -78,10 +79,8 @@ function begin() {
   started = { cpu: process.cpuUsage(), time: process.hrtime.bigint() };
 }
 
-/** The stream ended: report it if it was the last, or wait for the next. @param {() => void} reportIt */
-function streamDone(reportIt) {
-  if (streamNumber >= streams) reportIt();
-}
+/** Whether the current stream is the last this process receives. */
+const lastStream = () => streamNumber >= streams;
 
 /** A synchronous consumer of one piece of the stream (lines, none, sha256). @param {Uint8Array} data */
 function consumeSync(data) {
@@ -89,12 +88,13 @@ function consumeSync(data) {
   else if (consumer === 'sha256') checksum += crypto.createHash('sha256').update(data).digest()[0];
 }
 
-/** @param {number | null} syscalls @param {Record<string, unknown>} [extra] */
+/** Reports the stream that ended; exits after the last. @param {number | null} syscalls @param {Record<string, unknown>} [extra] */
 function report(syscalls, extra = {}) {
   if (started === null) throw new Error('no connection');
   const cpu = process.cpuUsage(started.cpu);
   const elapsedMs = Number(process.hrtime.bigint() - started.time) / 1e6;
-  if (filePath !== null) fs.rmSync(filePath, { force: true });
+  const last = lastStream();
+  if (last && filePath !== null) fs.rmSync(filePath, { force: true });
   process.stdout.write(
     `${JSON.stringify({
       bytes,
@@ -107,7 +107,9 @@ function report(syscalls, extra = {}) {
       checksum,
       ...extra,
     })}\n`,
-    () => process.exit(0),
+    () => {
+      if (last) process.exit(0);
+    },
   );
 }
 
@@ -134,7 +136,7 @@ async function consumeChunks(receiver) {
 async function receivePackage(socket) {
   const mode = kind === 'zerocopy' ? 'zerocopy' : kind === 'copy' ? 'copy' : 'auto';
   begin();
-  const last = streamNumber >= streams;
+  const last = lastStream();
   const receiver = attach(socket, { chunkSize, mode });
   if (sink !== null) {
     // The package's safe way to hand chunks to asynchronous writers: each chunk is
@@ -148,30 +150,32 @@ async function receivePackage(socket) {
   const stats = receiver.stats;
   socket.destroy();
   // The package's own calls: one epoll wake-up, plus getsockopt/recv (and FIONREAD when copying).
-  streamDone(() =>
-    report(stats.wakeups + stats.zerocopyCalls + stats.recvCalls * (stats.path === 'copy' ? 2 : 1), {
-      path: stats.path,
-      decision: stats.decision ?? null,
-    }),
-  );
+  report(stats.wakeups + stats.zerocopyCalls + stats.recvCalls * (stats.path === 'copy' ? 2 : 1), {
+    path: stats.path,
+    decision: stats.decision ?? null,
+  });
 }
 
 /** @param {net.Socket} socket */
 function receiveData(socket) {
   begin();
-  const last = streamNumber >= streams;
+  const last = lastStream();
   socket.on('data', (data) => {
     consumeSync(data);
     bytes += data.length;
   });
   if (sink !== null) {
-    socket.pipe(sink, { end: last });
-    if (last) sink.on('finish', () => report(null));
+    const to = sink;
+    socket.pipe(to, { end: last });
+    // Reported once the sink has written it all: an empty write calls back after the
+    // writes queued before it.
+    if (last) to.on('finish', () => report(null));
+    else socket.on('end', () => to.write(Buffer.alloc(0), () => report(null)));
     return;
   }
   socket.on('end', () => {
     socket.destroy();
-    streamDone(() => report(null));
+    report(null);
   });
 }
 
@@ -219,12 +223,15 @@ function connectOnread(port, buffer) {
   socket.on('connect', begin);
   socket.on('end', () => {
     socket.destroy();
-    streamDone(() => {
-      process.stdin.pause();
-      if (fileFd !== null) fs.closeSync(fileFd);
-      if (sink !== null) sink.end(() => report(null));
+    if (!lastStream()) {
+      if (sink !== null) sink.write(Buffer.alloc(0), () => report(null));
       else report(null);
-    });
+      return;
+    }
+    process.stdin.pause();
+    if (fileFd !== null) fs.closeSync(fileFd);
+    if (sink !== null) sink.end(() => report(null));
+    else report(null);
   });
 }
 

@@ -13,6 +13,14 @@
 // (a C sink in another process). Chunk sizes 64K..4M, repetitions interleaved, medians
 // reported with min-max.
 //
+// Within a repetition the receivers of a group (pass, chunk size, consumer) all run at
+// once, idle but for their turn: each takes its measured bytes in --rounds streams (4 by
+// default), one receiver at a time in a new shuffled order each round, so all of a
+// group's receivers are measured over the same minute. This host's CPU figures swing
+// slowly as well as from stream to stream: the same C receiver measured 110-180 ms/GB
+// from one repetition to the next, and measured one after the other, a group's 1 GiB
+// transfers paired (h) with (b) at a spread of 9-20% per repetition, 5-6% taken in turn.
+//
 // Each receiver process first takes two unmeasured warm-up streams (--warmup, default
 // 256M in all; 0 for none), so the figures are a running server's, not its start-up's
 // (JIT, first page tables, and auto mode's first measurement, which a server makes once
@@ -42,7 +50,7 @@
 // receivers of each group run in a shuffled order (--seed), so none always follows the
 // same neighbour.
 //
-//   npm run bench [-- --quick] [--reps N] [--bytes 1G] [--chunks 64K,256K,1M,4M] [--only a,e]
+//   npm run bench [-- --quick] [--reps N] [--bytes 1G] [--rounds 4] [--chunks 64K,256K,1M,4M] [--only a,e]
 //                 [--consumers lines,none,sha256,file,forward] [--passes zerocopy,plain]
 //                 [--warmup 256M] [--unpinned] [--seed N]
 'use strict';
@@ -107,13 +115,20 @@ const { values } = parseArgs({
     only: { type: 'string' },
     consumers: { type: 'string', default: 'lines,none,sha256,file,forward' },
     passes: { type: 'string', default: 'zerocopy,plain' },
+    rounds: { type: 'string', default: '4' },
     warmup: { type: 'string', default: '256M' },
     unpinned: { type: 'boolean', default: false },
     seed: { type: 'string', default: '1' },
     out: { type: 'string', default: path.join(root, 'bench', 'results') },
   },
 });
-const bytes = parseSize(values.bytes ?? (values.quick ? '256M' : '1G'));
+/** Each receiver's measured bytes per repetition, in `rounds` streams taken in turn. */
+const rounds = Math.max(1, Number(values.rounds));
+const streamBytes = Math.max(
+  4096,
+  Math.floor(parseSize(values.bytes ?? (values.quick ? '256M' : '1G')) / rounds / 4096) * 4096,
+);
+const bytes = streamBytes * rounds;
 const reps = Math.max(1, Number(values.reps));
 /** Each receiver process first takes one unmeasured stream of this size (0: none). */
 const warmupBytes = parseSize(values.warmup);
@@ -133,7 +148,7 @@ const consumers = values.consumers.split(',').map((c) => {
 
 /**
  * @typedef {{ id: string, name: string, kind?: string, bin?: string, connects?: boolean }} ReceiverSpec
- * @typedef {{ bytes: number, mappedBytes: number, cpuUserMs: number, cpuSysMs: number, elapsedMs: number, syscalls: number | null, maxRssKiB: number, senderBusyPercent?: number, syscallsPerGB?: number | null, path?: string, decision?: string | null }} Report
+ * @typedef {{ bytes: number, mappedBytes: number, cpuUserMs: number, cpuSysMs: number, elapsedMs: number, syscalls: number | null, maxRssKiB: number, senderBusyPercent?: number, syscallsPerGB?: number | null, path?: string, decision?: string | null, streamCpuMsPerGB?: number[] }} Report
  */
 /** @type {ReceiverSpec[]} */
 const allReceivers = [
@@ -160,11 +175,12 @@ const passes = [
 ].filter((p) => values.passes.split(',').includes(p.id));
 
 /**
- * Runs one receiver process against one sender and returns its report.
+ * Starts one receiver process for `streams` streams and warms it up; its measured streams
+ * are then sent one at a time with measure(), in turn with the other receivers of its group.
  * @param {ReceiverSpec} receiver @param {typeof passes[number]} pass @param {number} chunk @param {string} consumer
- * @returns {Promise<Report>}
+ * @param {number} measuredStreams
  */
-async function runOnce(receiver, pass, chunk, consumer) {
+async function startReceiver(receiver, pass, chunk, consumer, measuredStreams) {
   const senderOptions = { seed: 3, ...pass.sender };
   const command = receiver.bin !== undefined ? path.join(referenceDir, receiver.bin) : process.execPath;
   const baseArgs =
@@ -190,30 +206,47 @@ async function runOnce(receiver, pass, chunk, consumer) {
 
   // Two warm-up streams: V8 optimizes a function that runs once per stream (the
   // receiver's loop) on its second call, so the second warm-up takes that compile.
-  const streams = warmupBytes > 0 ? 3 : 1;
+  const warmupStreams = warmupBytes > 0 ? 2 : 0;
   const stdio = /** @type {const} */ (['pipe', 'pipe', 'inherit']);
-  const args = [...baseArgs, '--chunk', String(chunk), '--streams', String(streams), '--port', '0'];
+  const args = [
+    ...baseArgs,
+    ...['--chunk', String(chunk), '--streams', String(warmupStreams + measuredStreams), '--port', '0'],
+  ];
   // taskset execs the receiver: the child's pid is the receiver's.
   const child = pinning.on
     ? spawn('taskset', ['-c', String(pinning.receiverCpu), command, ...args], { stdio })
     : spawn(command, args, { stdio });
-  let stdout = '';
-  /** @type {(line: string) => void} */
-  let onReady = () => undefined;
-  const ready = new Promise((resolve) => (onReady = resolve));
+  /** Lines the receiver printed and nobody has taken yet, and who waits for the next. */
+  const lines = /** @type {string[]} */ ([]);
+  /** @type {((line: string) => void) | null} */
+  let waiting = null;
+  let partial = '';
   child.stdout.on('data', (data) => {
-    stdout += data.toString();
-    if (/\{"(port|ready)":/.test(stdout)) onReady(stdout);
+    partial += data.toString();
+    for (let newline = partial.indexOf('\n'); newline >= 0; newline = partial.indexOf('\n')) {
+      const line = partial.slice(0, newline);
+      partial = partial.slice(newline + 1);
+      if (waiting !== null) {
+        const take = waiting;
+        waiting = null;
+        take(line);
+      } else lines.push(line);
+    }
   });
   const exited = new Promise((resolve) => child.on('close', resolve));
-  const firstLine = /** @type {string} */ (
-    await Promise.race([
-      ready,
-      exited.then((code) => {
-        throw new Error(`${receiver.name} exited with ${String(code)} before it was ready`);
-      }),
-    ])
-  );
+  /** The receiver's next line, or an error if it exits first. */
+  const nextLine = () =>
+    lines.length > 0
+      ? Promise.resolve(/** @type {string} */ (lines.shift()))
+      : /** @type {Promise<string>} */ (
+          Promise.race([
+            new Promise((resolve) => (waiting = resolve)),
+            exited.then((code) => {
+              throw new Error(`${receiver.name} exited with ${String(code)}`);
+            }),
+          ])
+        );
+  const firstLine = await nextLine();
   const listeningPort = Number(/\{"port":(\d+)\}/.exec(firstLine)?.[1]);
   /** One stream from a sender to the receiver (which connects to it, or it to the receiver). @param {number} streamBytes */
   const startStream = async (streamBytes) => {
@@ -222,44 +255,75 @@ async function runOnce(receiver, pass, chunk, consumer) {
     child.stdin.write(`go ${await sender.listening}\n`);
     return sender;
   };
+  /** One stream, and the receiver's report of it. @param {number} streamBytes @returns {Promise<{ report: Report, sent: { cpuUserMs: number, cpuSysMs: number } }>} */
+  const stream = async (streamBytes) => {
+    const sender = await startStream(streamBytes);
+    const report = /** @type {Report} */ (JSON.parse(await nextLine()));
+    const sent = await sender.done;
+    if (report.bytes !== streamBytes)
+      throw new Error(`${receiver.name} received ${report.bytes} of ${streamBytes} bytes`);
+    return { report, sent };
+  };
   // Syscalls are counted on the second warm-up stream where there is one: perf's
-  // tracepoint puts every syscall on a slower path, which must not be in the measured
-  // stream's CPU time.
+  // tracepoint puts every syscall on a slower path, which must not be in measured streams.
+  /** @type {number | null} */
   let syscallsPerGB = null;
-  if (warmupBytes > 0) {
+  if (warmupStreams > 0) {
     // Not measured: the receiver's first streams warm it up (JIT, pool, page tables, auto
     // mode's measurement) as a server that has been running is warm.
     const half = Math.max(4096, Math.floor(warmupBytes / 2 / 4096) * 4096);
-    await (
-      await startStream(half)
-    ).done;
+    await stream(half);
     const finishCount = perfWorks ? await countSyscalls(/** @type {number} */ (child.pid)) : null;
-    await (
-      await startStream(half)
-    ).done;
+    await stream(half);
     if (finishCount !== null) {
       await new Promise((resolve) => setTimeout(resolve, 200)); // the receiver drains what is queued
       syscallsPerGB = perGB(await finishCount(), half);
     }
   }
-  const finishCount = perfWorks && warmupBytes === 0 ? await countSyscalls(/** @type {number} */ (child.pid)) : null;
-  const sender = await startStream(bytes);
-  child.stdin.end();
-  const code = await exited;
-  if (finishCount !== null) {
-    syscallsPerGB = perGB(await finishCount(), bytes);
-  }
-  const sent = await sender.done;
-  if (forwardSink !== null && forwardSink.exitCode === null) await once(forwardSink, 'close');
-  if (code !== 0) throw new Error(`${receiver.name} exited with ${code}`);
-  const report = /** @type {Report} */ (JSON.parse(stdout.trim().split('\n').pop() ?? ''));
-  // Self-reported counts are the measured stream's.
-  report.syscallsPerGB = syscallsPerGB ?? perGB(report.syscalls, report.bytes);
-  // How busy the sender was while this receiver received: near 100% means the sender,
-  // not the receiver, set the throughput.
-  report.senderBusyPercent = (100 * (sent.cpuUserMs + sent.cpuSysMs)) / report.elapsedMs;
-  if (report.bytes !== bytes) throw new Error(`${receiver.name} received ${report.bytes} of ${bytes} bytes`);
-  return report;
+  /** The measured streams' reports, summed. */
+  const total = /** @type {Report} */ ({
+    ...{ bytes: 0, mappedBytes: 0, cpuUserMs: 0, cpuSysMs: 0, elapsedMs: 0, syscalls: 0, maxRssKiB: 0 },
+  });
+  let senderCpuMs = 0;
+  let measured = 0;
+  return {
+    /** Sends the next measured stream and adds its report to the total. @param {number} streamBytes */
+    async measure(streamBytes) {
+      // Without warm-up streams, syscalls are counted on the first measured one.
+      const finishCount =
+        perfWorks && warmupStreams === 0 && measured === 0
+          ? await countSyscalls(/** @type {number} */ (child.pid))
+          : null;
+      const { report, sent } = await stream(streamBytes);
+      if (finishCount !== null) syscallsPerGB = perGB(await finishCount(), report.bytes);
+      for (const key of /** @type {const} */ (['bytes', 'mappedBytes', 'cpuUserMs', 'cpuSysMs', 'elapsedMs']))
+        total[key] += report[key];
+      total.syscalls = report.syscalls === null || total.syscalls === null ? null : total.syscalls + report.syscalls;
+      total.maxRssKiB = Math.max(total.maxRssKiB, report.maxRssKiB);
+      // The path and decision as the last stream ended.
+      if (report.path !== undefined) total.path = report.path;
+      if (report.decision !== undefined) total.decision = report.decision;
+      // Each stream's own figure, to see the spread within a transfer.
+      (total.streamCpuMsPerGB ??= []).push(Math.round(cpuPerGB(report)));
+      senderCpuMs += sent.cpuUserMs + sent.cpuSysMs;
+      measured++;
+      return report;
+    },
+    /** Waits for the receiver (and its forward sink) to exit; the summed report. */
+    async finish() {
+      if (measured !== measuredStreams) throw new Error(`${receiver.name}: ${measured} of ${measuredStreams} streams`);
+      child.stdin.end();
+      const code = await exited;
+      if (forwardSink !== null && forwardSink.exitCode === null) await once(forwardSink, 'close');
+      if (code !== 0) throw new Error(`${receiver.name} exited with ${code}`);
+      // Self-reported counts are the measured streams'.
+      total.syscallsPerGB = syscallsPerGB ?? perGB(total.syscalls, total.bytes);
+      // How busy the sender was while this receiver received: near 100% means the sender,
+      // not the receiver, set the throughput.
+      total.senderBusyPercent = (100 * senderCpuMs) / total.elapsedMs;
+      return total;
+    },
+  };
 }
 
 // Syscalls are counted by the kernel (perf's raw_syscalls tracepoint, linux-perf) where
@@ -436,7 +500,7 @@ async function main() {
   const total = reps * passes.length * chunks.length * consumers.reduce((n, c) => n + receiversFor(c).length, 0);
   const started = Date.now();
   console.error(
-    `bench: ${sizeName(bytes)} per transfer${warmupBytes > 0 ? ` (after ${sizeName(warmupBytes)} to warm up)` : ''}, ${reps} repetitions, ${total} transfers; ` +
+    `bench: ${sizeName(bytes)} per transfer in ${rounds} streams of ${sizeName(streamBytes)}, in turn with the other receivers of its group${warmupBytes > 0 ? ` (after ${sizeName(warmupBytes)} to warm up)` : ''}, ${reps} repetitions, ${total} transfers; ` +
       `syscalls ${perfWorks ? `counted by perf (raw_syscalls:sys_enter)${warmupBytes > 0 ? ' on the second warm-up stream' : ''}` : 'self-reported where possible (install linux-perf to count all)'}; ${pinning.why}`,
   );
   const shuffle = shuffler(Number(values.seed));
@@ -444,8 +508,17 @@ async function main() {
     for (const pass of passes) {
       for (const chunk of chunks) {
         for (const consumer of consumers) {
-          for (const receiver of shuffle(receiversFor(consumer))) {
-            const report = await runOnce(receiver, pass, chunk, consumer);
+          // Every receiver of the group is started and warmed up, then each takes one
+          // stream in turn, `rounds` times, in a new order each round: all of them are
+          // measured over the same minute, and the host's slower swings (the same C
+          // receiver measured 110-180 ms/GB from one repetition to the next) fall on all.
+          const group = [];
+          for (const receiver of shuffle(receiversFor(consumer)))
+            group.push({ receiver, handle: await startReceiver(receiver, pass, chunk, consumer, rounds) });
+          for (let round = 0; round < rounds; round++)
+            for (const { handle } of shuffle(group)) await handle.measure(streamBytes);
+          for (const { receiver, handle } of group) {
+            const report = await handle.finish();
             runs.push({ rep, pass: pass.id, chunk, consumer, receiver: receiver.id, report });
             console.error(
               `[${String(runs.length).padStart(3)}/${total}] rep ${rep} ${pass.id.padEnd(8)} ${sizeName(chunk).padStart(4)} ${consumer.padEnd(7)} ` +
@@ -549,6 +622,7 @@ async function main() {
     date: new Date().toISOString(),
     machine: machine(),
     bytesPerTransfer: bytes,
+    streamsPerTransfer: rounds,
     warmupBytes,
     reps,
     chunks,
@@ -645,7 +719,7 @@ function renderMarkdown(result) {
   const m = result.machine;
   const lines = [
     `Machine: ${m.cpus} x ${m.cpu}, ${m.memoryGiB} GiB, Linux ${m.kernel}, Node ${m.node}. ` +
-      `Date: ${result.date.slice(0, 10)}. ${sizeName(result.bytesPerTransfer)} per transfer${result.warmupBytes > 0 ? ` after ${sizeName(result.warmupBytes)} of warm-up in two streams per receiver process` : ''}, median of ${result.reps} (min-max); ratios are medians of each repetition's ratio. ` +
+      `Date: ${result.date.slice(0, 10)}. ${sizeName(result.bytesPerTransfer)} per transfer${(result.streamsPerTransfer ?? 1) > 1 ? ` in ${result.streamsPerTransfer} streams, taken in turn with the group's other receivers` : ''}${result.warmupBytes > 0 ? ` after ${sizeName(result.warmupBytes)} of warm-up in two streams per receiver process` : ''}, median of ${result.reps} (min-max); ratios are medians of each repetition's ratio. ` +
       `${result.pinning === undefined ? '' : `${result.pinning[0].toUpperCase()}${result.pinning.slice(1)}. `}` +
       `Syscalls/GB: ${result.syscallsCountedBy}.`,
     '',

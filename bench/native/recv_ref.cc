@@ -62,7 +62,7 @@ void usage(FILE* out) {
           "  --no-lowat     leave SO_RCVLOWAT at 1\n"
           "  --verify SEED  check every byte against the zc_sender pattern of SEED\n"
           "  --no-touch     read nothing received (the receive loop's own cost)\n"
-          "  --streams N    receive N connections in turn, report the last (default 1)\n",
+          "  --streams N    receive N connections in turn, report each (default 1)\n",
           g_prog);
 }
 

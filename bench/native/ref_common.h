@@ -139,8 +139,9 @@ inline int print_report(const Sample& start, const Sample& end, const Consumer& 
 }
 
 // Listens on port, takes `streams` connections one after the other, receives each with
-// `receive(fd, consumer, syscalls)` (which returns the bytes it mapped) and reports the
-// last: the ones before warm the process up. Each stream's pattern starts at offset 0.
+// `receive(fd, consumer, syscalls)` (which returns the bytes it mapped) and reports each
+// (the driver warms the process up with the first ones). Each stream's pattern starts at
+// offset 0.
 template <typename ReceiveStream>
 int serve_streams(uint16_t port, int streams, const Consumer& consumer, ReceiveStream receive) {
   const int ls = listen_announce(port);
@@ -152,7 +153,8 @@ int serve_streams(uint16_t port, int streams, const Consumer& consumer, ReceiveS
     const uint64_t mapped = receive(fd, each, syscalls);
     const Sample end = sample();
     close(fd);
-    if (stream == streams) return print_report(start, end, each, mapped, syscalls);
+    const int status = print_report(start, end, each, mapped, syscalls);
+    if (status != 0 || stream == streams) return status;
   }
 }
 
