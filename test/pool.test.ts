@@ -29,6 +29,25 @@ async function server(onSocket: (socket: net.Socket) => void): Promise<number> {
   return (srv.address() as net.AddressInfo).port;
 }
 
+/**
+ * Releases the held chunks and reads on: the read that waited for room resolves, then the
+ * rest of the stream, all checked against the pattern.
+ */
+async function releaseAndReadOn(
+  hoard: Chunk[],
+  pending: Promise<Chunk | null>,
+  receiver: ZeroCopyReceiver,
+  checker: PatternChecker,
+): Promise<Awaited<ReturnType<typeof drain>>> {
+  for (const chunk of hoard.splice(0)) chunk.release();
+  const resumed = (await pending) as Chunk;
+  checker.check(resumed.data);
+  resumed.release();
+  const rest = await drain(receiver, checker);
+  expect(rest.error).toBeNull();
+  return rest;
+}
+
 describe.skipIf(!probe().supported)('the shared page pool', () => {
   it('caps pinned memory under a consumer that never releases; data keeps flowing as copies', async () => {
     const cap = 16 * MiB;
@@ -116,12 +135,7 @@ describe.skipIf(!probe().supported)('the shared page pool', () => {
     expect(outcome).toBe('timeout');
     expect(poolStats().pinnedBytes).toBeLessThanOrEqual(cap);
     expect(receiver.stats.poolWaits).toBeGreaterThan(0);
-    for (const chunk of hoard.splice(0)) chunk.release();
-    const resumed = (await pending) as Chunk;
-    checker.check(resumed.data);
-    resumed.release();
-    const rest = await drain(receiver, checker);
-    expect(rest.error).toBeNull();
+    const rest = await releaseAndReadOn(hoard, pending, receiver, checker);
     expect(checker.offset).toBe(64 * MiB);
     expect(rest.mappedBytes).toBeGreaterThan(0);
     expect(receiver.stats.bytesCopiedPoolFull).toBe(0);
@@ -247,12 +261,7 @@ describe.skipIf(!probe().supported)("whenPoolFull: 'wait' cannot hang", () => {
     expect(receiver.stats.poolWaits).toBeGreaterThan(0);
     expect(receiver.stats.wakeups - wakeups).toBeLessThan(5);
     expect(poolStats().chunksCopiedOnWrite).toBeGreaterThan(0);
-    for (const chunk of hoard.splice(0)) chunk.release();
-    const first = (await pending) as Chunk;
-    checker.check(first.data);
-    first.release();
-    const rest = await drain(receiver, checker);
-    expect(rest.error).toBeNull();
+    await releaseAndReadOn(hoard, pending, receiver, checker);
     expect(checker.offset).toBe(256 * MiB);
     socket.destroy();
   });
