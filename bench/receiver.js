@@ -4,7 +4,8 @@
 // {"port":N} once listening (or {"ready":true} for net-onread, which connects to the port on
 // each "go PORT" line of stdin), receives streams, hands every piece of them to one
 // consumer, and prints one JSON report per stream:
-// {"bytes","mappedBytes","cpuUserMs","cpuSysMs","elapsedMs","syscalls","maxRssKiB","path"}.
+// {"bytes","mappedBytes","cpuUserMs","cpuSysMs","elapsedMs","syscalls","maxRssKiB",
+// "processCpuMs","path"}.
 //
 //   node bench/receiver.js --kind zerocopy|copy|auto|net-data|net-onread --chunk BYTES
 //                          [--consumer lines|none|sha256|file|forward] [--streams N]
@@ -91,6 +92,7 @@ function consumeSync(data) {
 /** Reports the stream that ended; exits after the last. @param {number | null} syscalls @param {Record<string, unknown>} [extra] */
 function report(syscalls, extra = {}) {
   if (started === null) throw new Error('no connection');
+  const now = process.cpuUsage();
   const cpu = process.cpuUsage(started.cpu);
   const elapsedMs = Number(process.hrtime.bigint() - started.time) / 1e6;
   const last = lastStream();
@@ -104,6 +106,8 @@ function report(syscalls, extra = {}) {
       elapsedMs,
       syscalls,
       maxRssKiB: process.resourceUsage().maxRSS,
+      // The process's CPU time so far: the driver tells what it spent between streams.
+      processCpuMs: (now.user + now.system) / 1000,
       checksum,
       ...extra,
     })}\n`,

@@ -19,7 +19,9 @@
 // group's receivers are measured over the same minute. This host's CPU figures swing
 // slowly as well as from stream to stream: the same C receiver measured 110-180 ms/GB
 // from one repetition to the next, and measured one after the other, a group's 1 GiB
-// transfers paired (h) with (b) at a spread of 9-20% per repetition, 5-6% taken in turn.
+// transfers paired (h) with (b) at a spread of 9-20% per repetition, 5-10% taken in turn.
+// A receiver's CPU time is its measured streams' and what its process spent between them
+// (work a stream left behind: closing it, collecting its garbage).
 //
 // Each receiver process first takes two unmeasured warm-up streams (--warmup, default
 // 256M in all; 0 for none), so the figures are a running server's, not its start-up's
@@ -148,7 +150,7 @@ const consumers = values.consumers.split(',').map((c) => {
 
 /**
  * @typedef {{ id: string, name: string, kind?: string, bin?: string, connects?: boolean }} ReceiverSpec
- * @typedef {{ bytes: number, mappedBytes: number, cpuUserMs: number, cpuSysMs: number, elapsedMs: number, syscalls: number | null, maxRssKiB: number, senderBusyPercent?: number, syscallsPerGB?: number | null, path?: string, decision?: string | null, streamCpuMsPerGB?: number[] }} Report
+ * @typedef {{ bytes: number, mappedBytes: number, cpuUserMs: number, cpuSysMs: number, elapsedMs: number, syscalls: number | null, maxRssKiB: number, senderBusyPercent?: number, syscallsPerGB?: number | null, path?: string, decision?: string | null, streamCpuMsPerGB?: number[], processCpuMs?: number, betweenStreamsCpuMs?: number }} Report
  */
 /** @type {ReceiverSpec[]} */
 const allReceivers = [
@@ -286,6 +288,8 @@ async function startReceiver(receiver, pass, chunk, consumer, measuredStreams) {
   });
   let senderCpuMs = 0;
   let measured = 0;
+  /** The process's CPU time at the last measured stream's end. @type {number | undefined} */
+  let processCpuAtLastEnd;
   return {
     /** Sends the next measured stream and adds its report to the total. @param {number} streamBytes */
     async measure(streamBytes) {
@@ -303,6 +307,13 @@ async function startReceiver(receiver, pass, chunk, consumer, measuredStreams) {
       // The path and decision as the last stream ended.
       if (report.path !== undefined) total.path = report.path;
       if (report.decision !== undefined) total.decision = report.decision;
+      // What the process spent while idle between two measured streams (work a stream left
+      // behind: collecting its garbage, freeing its memory) counts as the receiver's too.
+      const streamCpuMs = report.cpuUserMs + report.cpuSysMs;
+      if (report.processCpuMs !== undefined && processCpuAtLastEnd !== undefined)
+        total.betweenStreamsCpuMs =
+          (total.betweenStreamsCpuMs ?? 0) + Math.max(0, report.processCpuMs - streamCpuMs - processCpuAtLastEnd);
+      processCpuAtLastEnd = report.processCpuMs;
       // Each stream's own figure, to see the spread within a transfer.
       (total.streamCpuMsPerGB ??= []).push(Math.round(cpuPerGB(report)));
       senderCpuMs += sent.cpuUserMs + sent.cpuSysMs;
@@ -472,8 +483,8 @@ function median(xs) {
   return s.length % 2 === 1 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
 }
 
-/** @param {Report} r */
-const cpuPerGB = (r) => ((r.cpuUserMs + r.cpuSysMs) * 1e9) / r.bytes;
+/** CPU per GB over the measured streams and what the process did between them. @param {Report} r */
+const cpuPerGB = (r) => ((r.cpuUserMs + r.cpuSysMs + (r.betweenStreamsCpuMs ?? 0)) * 1e9) / r.bytes;
 /** @param {Report} r */
 const gbPerSecond = (r) => r.bytes / 1e9 / (r.elapsedMs / 1000);
 

@@ -132,9 +132,10 @@ inline int print_report(const Sample& start, const Sample& end, const Consumer& 
   const double elapsed_ms = (end.wall.tv_sec - start.wall.tv_sec) * 1e3 + (end.wall.tv_nsec - start.wall.tv_nsec) / 1e6;
   printf("{\"bytes\":%" PRIu64 ",\"mappedBytes\":%" PRIu64
          ",\"cpuUserMs\":%.3f,\"cpuSysMs\":%.3f,\"elapsedMs\":%.3f,\"syscalls\":%" PRIu64
-         ",\"maxRssKiB\":%ld,\"checksum\":%" PRIu64 "}\n",
+         ",\"maxRssKiB\":%ld,\"checksum\":%" PRIu64 ",\"processCpuMs\":%.3f}\n",
          consumer.offset, mapped, tv_ms(start.ru.ru_utime, end.ru.ru_utime), tv_ms(start.ru.ru_stime, end.ru.ru_stime),
-         elapsed_ms, syscalls, end.ru.ru_maxrss, consumer.checksum);
+         elapsed_ms, syscalls, end.ru.ru_maxrss, consumer.checksum,
+         tv_ms(timeval{}, end.ru.ru_utime) + tv_ms(timeval{}, end.ru.ru_stime));
   return fflush(stdout) == 0 ? 0 : 1;
 }
 
