@@ -20,8 +20,11 @@
 // slowly as well as from stream to stream: the same C receiver measured 110-180 ms/GB
 // from one repetition to the next, and measured one after the other, a group's 1 GiB
 // transfers paired (h) with (b) at a spread of 9-20% per repetition, 5-10% taken in turn.
-// A receiver's CPU time is its measured streams' and what its process spent between them
-// (work a stream left behind: closing it, collecting its garbage).
+// A receiver's figure is its measured streams' CPU time; what its process spent while idle
+// between them is recorded beside it (betweenStreamsCpuMs). After each stream the driver
+// waits 50 ms, so what the stream left behind right away does not run in the next
+// receiver's, and each process takes one more stream, unmeasured, so its last measured
+// stream is not its last (which ends the process's write stream or socket).
 //
 // Each receiver process first takes two unmeasured warm-up streams (--warmup, default
 // 256M in all; 0 for none), so the figures are a running server's, not its start-up's
@@ -199,6 +202,8 @@ async function startReceiver(receiver, pass, chunk, consumer, measuredStreams) {
       stdio: ['ignore', 'pipe', 'inherit'],
     });
     forwardSink = sinkProcess;
+    running.add(sinkProcess);
+    sinkProcess.on('close', () => running.delete(sinkProcess));
     const [line] = /** @type {[Buffer]} */ (
       await once(/** @type {import('node:stream').Readable} */ (sinkProcess.stdout), 'data')
     );
@@ -210,14 +215,18 @@ async function startReceiver(receiver, pass, chunk, consumer, measuredStreams) {
   // receiver's loop) on its second call, so the second warm-up takes that compile.
   const warmupStreams = warmupBytes > 0 ? 2 : 0;
   const stdio = /** @type {const} */ (['pipe', 'pipe', 'inherit']);
+  // One more stream after the measured ones, not measured itself: what the last measured
+  // stream leaves behind is done (and counted) before it, as for the others.
   const args = [
     ...baseArgs,
-    ...['--chunk', String(chunk), '--streams', String(warmupStreams + measuredStreams), '--port', '0'],
+    ...['--chunk', String(chunk), '--streams', String(warmupStreams + measuredStreams + 1), '--port', '0'],
   ];
   // taskset execs the receiver: the child's pid is the receiver's.
   const child = pinning.on
     ? spawn('taskset', ['-c', String(pinning.receiverCpu), command, ...args], { stdio })
     : spawn(command, args, { stdio });
+  running.add(child);
+  child.on('close', () => running.delete(child));
   /** Lines the receiver printed and nobody has taken yet, and who waits for the next. */
   const lines = /** @type {string[]} */ ([]);
   /** @type {((line: string) => void) | null} */
@@ -264,6 +273,9 @@ async function startReceiver(receiver, pass, chunk, consumer, measuredStreams) {
     const sent = await sender.done;
     if (report.bytes !== streamBytes)
       throw new Error(`${receiver.name} received ${report.bytes} of ${streamBytes} bytes`);
+    // What the stream left behind right away (closing it, finalizers) runs before the next
+    // receiver's stream starts on this CPU, not during it.
+    await new Promise((resolve) => setTimeout(resolve, SETTLE_MS));
     return { report, sent };
   };
   // Syscalls are counted on the second warm-up stream where there is one: perf's
@@ -290,6 +302,20 @@ async function startReceiver(receiver, pass, chunk, consumer, measuredStreams) {
   let measured = 0;
   /** The process's CPU time at the last measured stream's end. @type {number | undefined} */
   let processCpuAtLastEnd;
+  /**
+   * What the process spent while idle before this stream, since the last measured one
+   * ended: kept beside the figure, not in it. It is what a stream left behind (closing
+   * it, 2-3 ms for a Node receiver) and what an idle process does (V8 collects garbage
+   * to shrink the heap some seconds after the last allocation, 3-40 ms a gap), which a
+   * busy server does not; the C receivers spend about 0.3 ms. @param {Report} report
+   */
+  const addBetweenStreams = (report) => {
+    const streamCpuMs = report.cpuUserMs + report.cpuSysMs;
+    if (report.processCpuMs !== undefined && processCpuAtLastEnd !== undefined)
+      total.betweenStreamsCpuMs =
+        (total.betweenStreamsCpuMs ?? 0) + Math.max(0, report.processCpuMs - streamCpuMs - processCpuAtLastEnd);
+    processCpuAtLastEnd = report.processCpuMs;
+  };
   return {
     /** Sends the next measured stream and adds its report to the total. @param {number} streamBytes */
     async measure(streamBytes) {
@@ -304,25 +330,21 @@ async function startReceiver(receiver, pass, chunk, consumer, measuredStreams) {
         total[key] += report[key];
       total.syscalls = report.syscalls === null || total.syscalls === null ? null : total.syscalls + report.syscalls;
       total.maxRssKiB = Math.max(total.maxRssKiB, report.maxRssKiB);
-      // The path and decision as the last stream ended.
-      if (report.path !== undefined) total.path = report.path;
+      // Every path a stream was on ('copy/zerocopy' if they differed); the last decision.
+      if (report.path !== undefined)
+        total.path = [...new Set([...(total.path?.split('/') ?? []), report.path])].sort().join('/');
       if (report.decision !== undefined) total.decision = report.decision;
-      // What the process spent while idle between two measured streams (work a stream left
-      // behind: collecting its garbage, freeing its memory) counts as the receiver's too.
-      const streamCpuMs = report.cpuUserMs + report.cpuSysMs;
-      if (report.processCpuMs !== undefined && processCpuAtLastEnd !== undefined)
-        total.betweenStreamsCpuMs =
-          (total.betweenStreamsCpuMs ?? 0) + Math.max(0, report.processCpuMs - streamCpuMs - processCpuAtLastEnd);
-      processCpuAtLastEnd = report.processCpuMs;
+      addBetweenStreams(report);
       // Each stream's own figure, to see the spread within a transfer.
       (total.streamCpuMsPerGB ??= []).push(Math.round(cpuPerGB(report)));
       senderCpuMs += sent.cpuUserMs + sent.cpuSysMs;
       measured++;
       return report;
     },
-    /** Waits for the receiver (and its forward sink) to exit; the summed report. */
+    /** The closing stream (one chunk), then waits for the receiver (and its forward sink) to exit; the summed report. */
     async finish() {
       if (measured !== measuredStreams) throw new Error(`${receiver.name}: ${measured} of ${measuredStreams} streams`);
+      addBetweenStreams((await stream(chunk)).report);
       child.stdin.end();
       const code = await exited;
       if (forwardSink !== null && forwardSink.exitCode === null) await once(forwardSink, 'close');
@@ -345,8 +367,13 @@ const perfWorks =
 /** @param {number | null} count @param {number} streamBytes */
 const perGB = (count, streamBytes) => (count === null ? null : (count * 1e9) / streamBytes);
 
+/** Pause after each stream, so what it left behind right away does not run in the next. */
+const SETTLE_MS = 50;
+/** Receivers and sinks still running: a failed run stops them, or it would wait for ever. */
+/** @type {Set<import('node:child_process').ChildProcess>} */
+const running = new Set();
 /** What this run changed outside itself, undone at exit, also on a signal. @type {(() => void)[]} */
-const undoAtExit = [];
+const undoAtExit = [() => running.forEach((child) => child.kill('SIGKILL'))];
 const undoAll = () => {
   for (const undo of undoAtExit.splice(0).reverse()) undo();
 };
@@ -483,8 +510,8 @@ function median(xs) {
   return s.length % 2 === 1 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
 }
 
-/** CPU per GB over the measured streams and what the process did between them. @param {Report} r */
-const cpuPerGB = (r) => ((r.cpuUserMs + r.cpuSysMs + (r.betweenStreamsCpuMs ?? 0)) * 1e9) / r.bytes;
+/** CPU per GB over the measured streams. @param {Report} r */
+const cpuPerGB = (r) => ((r.cpuUserMs + r.cpuSysMs) * 1e9) / r.bytes;
 /** @param {Report} r */
 const gbPerSecond = (r) => r.bytes / 1e9 / (r.elapsedMs / 1000);
 
@@ -568,7 +595,7 @@ async function main() {
             syscallsPerGB: syscalls.length > 0 ? median(/** @type {number[]} */ (syscalls)) : null,
             peakRssMiB: Math.max(...reports.map((r) => r.maxRssKiB / 1024)),
             senderBusyPercent: median(reports.map((r) => r.senderBusyPercent ?? 0)),
-            paths: [...new Set(reports.map((r) => r.path).filter((x) => x !== undefined))].join('/'),
+            paths: [...new Set(reports.flatMap((r) => r.path?.split('/') ?? []))].sort().join('/'),
           });
         }
       }
@@ -850,4 +877,5 @@ function renderSvg(result) {
 main().catch((error) => {
   console.error(error);
   process.exitCode = 1;
+  undoAll();
 });
