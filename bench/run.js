@@ -306,8 +306,9 @@ async function startReceiver(receiver, pass, chunk, consumer, measuredStreams) {
    * What the process spent while idle before this stream, since the last measured one
    * ended: kept beside the figure, not in it. It is what a stream left behind (closing
    * it, 2-3 ms for a Node receiver) and what an idle process does (V8 collects garbage
-   * to shrink the heap some seconds after the last allocation, 3-40 ms a gap), which a
-   * busy server does not; the C receivers spend about 0.3 ms. @param {Report} report
+   * to shrink the heap some seconds after the last allocation), which a busy server does
+   * not: 2-18 ms a gap on average for the Node receivers in a trial run, 0.3-0.5 ms for
+   * the C ones. @param {Report} report
    */
   const addBetweenStreams = (report) => {
     const streamCpuMs = report.cpuUserMs + report.cpuSysMs;
