@@ -215,8 +215,9 @@ async function startReceiver(receiver, pass, chunk, consumer, measuredStreams) {
   // receiver's loop) on its second call, so the second warm-up takes that compile.
   const warmupStreams = warmupBytes > 0 ? 2 : 0;
   const stdio = /** @type {const} */ (['pipe', 'pipe', 'inherit']);
-  // One more stream after the measured ones, not measured itself: what the last measured
-  // stream leaves behind is done (and counted) before it, as for the others.
+  // One more stream after the measured ones, not measured itself: the last measured
+  // stream is then not the process's last, and what it leaves behind happens in a gap, as
+  // for the others.
   const args = [
     ...baseArgs,
     ...['--chunk', String(chunk), '--streams', String(warmupStreams + measuredStreams + 1), '--port', '0'],
@@ -295,9 +296,8 @@ async function startReceiver(receiver, pass, chunk, consumer, measuredStreams) {
     }
   }
   /** The measured streams' reports, summed. */
-  const total = /** @type {Report} */ ({
-    ...{ bytes: 0, mappedBytes: 0, cpuUserMs: 0, cpuSysMs: 0, elapsedMs: 0, syscalls: 0, maxRssKiB: 0 },
-  });
+  /** @type {Report} */
+  const total = { bytes: 0, mappedBytes: 0, cpuUserMs: 0, cpuSysMs: 0, elapsedMs: 0, syscalls: 0, maxRssKiB: 0 };
   let senderCpuMs = 0;
   let measured = 0;
   /** The process's CPU time at the last measured stream's end. @type {number | undefined} */
@@ -370,8 +370,10 @@ const perGB = (count, streamBytes) => (count === null ? null : (count * 1e9) / s
 
 /** Pause after each stream, so what it left behind right away does not run in the next. */
 const SETTLE_MS = 50;
-/** Receivers and sinks still running: a failed run stops them, or it would wait for ever. */
-/** @type {Set<import('node:child_process').ChildProcess>} */
+/**
+ * Receivers and sinks still running: a failed run stops them, or it would wait for ever.
+ * @type {Set<import('node:child_process').ChildProcess>}
+ */
 const running = new Set();
 /** What this run changed outside itself, undone at exit, also on a signal. @type {(() => void)[]} */
 const undoAtExit = [() => running.forEach((child) => child.kill('SIGKILL'))];
