@@ -46,6 +46,17 @@ v8::Local<v8::Value> ToLocal(napi_value value) {
   return local;
 }
 
+// The context `object` was made in. V8 13 (Node 24) takes the isolate and deprecates the
+// overload without it.
+bool CreationContext(v8::Isolate* isolate, v8::Local<v8::Object> object, v8::Local<v8::Context>* context) {
+#if V8_MAJOR_VERSION >= 13
+  return object->GetCreationContext(isolate).ToLocal(context);
+#else
+  static_cast<void>(isolate);
+  return object->GetCreationContext().ToLocal(context);
+#endif
+}
+
 }  // namespace
 
 Made Make(napi_value of, void* data, size_t length, Deleter deleter, void* hint, napi_value* result) {
@@ -53,7 +64,7 @@ Made Make(napi_value of, void* data, size_t length, Deleter deleter, void* hint,
   v8::Local<v8::Value> object = ToLocal(of);
   v8::Local<v8::Context> context;
   if (isolate == nullptr || object.IsEmpty() || !object->IsObject() ||
-      !object.As<v8::Object>()->GetCreationContext().ToLocal(&context)) {
+      !CreationContext(isolate, object.As<v8::Object>(), &context)) {
     return Made::kNo;
   }
   // node::Buffer::New finds the environment (and its Buffer prototype) by this context.
