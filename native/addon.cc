@@ -43,7 +43,8 @@ bool WholeView(napi_env env, napi_value value, napi_value* array_buffer, void** 
 // into a plain ArrayBuffer that postMessage can send to another thread, out of reach of
 // the finalizer Node runs when this environment stops. Memory reused by copied chunks
 // (CopyBlocks) would then be freed or reused under that thread: with transfer() about,
-// copied chunks keep memory of their own. Any failure to look counts as present.
+// copied chunks in Node-API Buffers keep memory of their own. Any failure to look counts
+// as present.
 bool ArrayBufferTransferExists(napi_env env) {
   napi_value global;
   napi_value array_buffer;
@@ -122,12 +123,13 @@ Addon::Addon(Napi::Env env, Napi::Object exports)
       external_buffers_allowed_(ProbeExternalBuffers(env)) {
   if (external_buffers_allowed_) {
     direct_buffers_ = DirectBuffersUsable(env) && SetUpWakeUp(env, pool_);
-    if (ArrayBufferTransferExists(env)) {
-      // A direct Buffer's memory is freed wherever it was moved to: nothing to watch.
-      if (!direct_buffers_) move_watch_ = std::make_shared<MoveWatch>(env, pool_);
-    } else {
-      copy_blocks_ = std::make_shared<CopyBlocks>();
-    }
+    bool transfer_exists = ArrayBufferTransferExists(env);
+    // A direct Buffer's memory is freed wherever it was moved to: nothing to watch.
+    if (transfer_exists && !direct_buffers_) move_watch_ = std::make_shared<MoveWatch>(env, pool_);
+    // Copied chunks in reused memory are direct Buffers where those work, so the memory
+    // comes back only once nothing anywhere holds it; as Node-API Buffers it would be
+    // freed under a thread it was moved to, so not where transfer() exists.
+    if (direct_buffers_ || !transfer_exists) copy_blocks_ = std::make_shared<CopyBlocks>();
   }
   DefineAddon(exports, {
                            InstanceMethod<&Addon::Probe>("probe"),
@@ -139,6 +141,12 @@ Addon::Addon(Napi::Env env, Napi::Object exports)
                            InstanceMethod<&Addon::WriteReadOnlyForTesting>("_writeReadOnlyForTesting"),
                            InstanceValue("Receiver", Receiver::Init(env), napi_enumerable),
                        });
+}
+
+// The environment is gone. Its idle copy blocks go now: the blocks still out (memory moved
+// to another thread) keep the cache alive, and would otherwise keep the idle ones too.
+Addon::~Addon() {
+  if (copy_blocks_ != nullptr) copy_blocks_->Close();
 }
 
 Napi::Value Addon::Probe(const Napi::CallbackInfo& info) {

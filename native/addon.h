@@ -14,6 +14,7 @@ namespace tcpzc {
 class Addon : public Napi::Addon<Addon> {
  public:
   Addon(Napi::Env env, Napi::Object exports);
+  ~Addon();
 
   const std::shared_ptr<MappingPool>& pool() const { return pool_; }
   // Null where copied chunks keep memory of their own.
@@ -22,7 +23,8 @@ class Addon : public Napi::Addon<Addon> {
   // Null where a mapped chunk's memory cannot be moved out of its Buffer (no transfer()),
   // and where mapped chunks are direct Buffers (their memory may go anywhere).
   const std::shared_ptr<MoveWatch>& move_watch() const { return move_watch_; }
-  // Mapped chunks are direct Buffers (see direct_buffer.h), not Node-API external ones.
+  // Mapped chunks, and copied ones in reused memory, are direct Buffers (see
+  // direct_buffer.h), not Node-API external ones.
   bool direct_buffers() const { return direct_buffers_; }
 
  private:

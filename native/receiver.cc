@@ -464,17 +464,20 @@ void FreeDirectChunk(void*, size_t, void* hint) {
 
 }  // namespace
 
+// A direct Buffer over [data, data + length) in this environment's context.
+direct_buffer::Made Receiver::MakeDirectBuffer(void* data, size_t length, direct_buffer::Deleter deleter, void* hint,
+                                               napi_value* buffer) {
+  napi_value global = nullptr;
+  if (napi_get_global(Env(), &global) != napi_ok) return direct_buffer::Made::kNo;
+  return direct_buffer::Make(global, data, length, deleter, hint, buffer);
+}
+
 void Receiver::AddMapped(Batch* batch, MappedChunk* chunk) {
   napi_env env = Env();
   napi_value buffer = nullptr;
   if (direct_buffers_) {
     chunk->direct = true;
-    napi_value global = nullptr;
-    direct_buffer::Made made =
-        napi_get_global(env, &global) == napi_ok
-            ? direct_buffer::Make(global, chunk->address, chunk->length, FreeDirectChunk, chunk, &buffer)
-            : direct_buffer::Made::kNo;
-    switch (made) {
+    switch (MakeDirectBuffer(chunk->address, chunk->length, FreeDirectChunk, chunk, &buffer)) {
       case direct_buffer::Made::kYes: AddMappedBuffer(batch, buffer, chunk->length); return;
       case direct_buffer::Made::kArrayBufferOnly:
         batch->abandoned = true;  // the environment is stopping; the chunk is V8's now

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "copy_blocks.h"
+#include "direct_buffer.h"
 #include "move_watch.h"
 #include "pool.h"
 
@@ -75,6 +76,9 @@ class Receiver : public Napi::ObjectWrap<Receiver>, private PoolWaiter {
   void ReadCopied(Batch* batch, size_t recv_len);
   void ReadCopiedIntoOwnBuffer(Batch* batch, size_t recv_len);
   bool ReadCopiedIntoBlock(Batch* batch, size_t recv_len);
+  bool AddBlockAsDirectBuffer(Batch* batch, CopyBlock* block, size_t length);
+  direct_buffer::Made MakeDirectBuffer(void* data, size_t length, direct_buffer::Deleter deleter, void* hint,
+                                       napi_value* buffer);
   bool ConsumerHoldsCopies();
   void RememberLargeCopy(napi_value buffer);
   void AddCopiedFrom(Batch* batch, const uint8_t* data, size_t length);
@@ -104,7 +108,7 @@ class Receiver : public Napi::ObjectWrap<Receiver>, private PoolWaiter {
   bool zerocopy_;                   // current path; 'auto' may turn it off for good
   bool copying_by_choice_ = false;  // 'auto' measured copying as cheaper (setCopying)
   bool external_buffers_;           // false where the runtime refuses external Buffers
-  bool direct_buffers_;             // mapped chunks as direct Buffers (direct_buffer.h)
+  bool direct_buffers_;             // mapped chunks and blocks as direct Buffers (direct_buffer.h)
   size_t chunk_size_;
   size_t map_size_;  // chunk_size_ rounded down to pages
   uint64_t flush_delay_ms_;

@@ -25,10 +25,10 @@ constexpr unsigned kBlockReadsAfterHeld = 64;
 // into reused memory (CopyBlocks) while the consumer holds chunks past the next read
 // (writes to a socket or a file): then malloc gives freed chunks back to the kernel and
 // the next ones fault their pages in again. A consumer that releases each chunk before
-// the next read gets memory malloc reuses by itself, without the event-loop wake-up an
-// external Buffer's release costs (side by side: forwarding at 4 MiB 563 against 1,414
-// ms/GB with blocks; reading lines at 1 MiB 204 against 178 when every chunk went into a
-// block).
+// the next read gets memory malloc reuses by itself, without the event-loop wake-up a
+// Node-API external Buffer's release costs (side by side, with those: forwarding at 4 MiB
+// 563 against 1,414 ms/GB with blocks; reading lines at 1 MiB 204 against 178 when every
+// chunk went into a block; not measured again with direct Buffers, which cost no wake-up).
 void Receiver::ReadCopied(Batch* batch, size_t recv_len) {
   if (recv_len < CopyBlocks::kMinBlockBytes) {
     ReadCopiedIntoOwnBuffer(batch, recv_len);
@@ -135,6 +135,7 @@ bool Receiver::ReadCopiedIntoBlock(Batch* batch, size_t recv_len) {
     copy_blocks_->Give(block);
     return true;
   }
+  if (direct_buffers_) return AddBlockAsDirectBuffer(batch, block, length);
   napi_env env = Env();
   napi_value buffer = nullptr;
   // No napi_adjust_external_memory: V8 counts an external Buffer's length itself.
@@ -166,6 +167,42 @@ bool Receiver::ReadCopiedIntoBlock(Batch* batch, size_t recv_len) {
   // still ours; any later failure may leave Node owning the finalizer, as in AddMapped.
   if (status == napi_pending_exception || status == napi_cannot_run_js) copy_blocks_->Give(block);
   batch->abandoned = true;
+  return true;
+}
+
+// A block's memory is no longer held anywhere (any thread, see direct_buffer.h): it goes
+// back for the next chunk. Moved to another thread with transfer(), it comes back only
+// once that thread drops it, so reusing it cannot pull it from under anyone.
+namespace {
+void GiveBackDirectBlock(void*, size_t, void* hint) {
+  auto* block = static_cast<CopyBlock*>(hint);
+  block->home->Give(block);
+}
+}  // namespace
+
+// The block holding `length` bytes just read, as a direct Buffer. True: it is in the
+// batch, or the batch is abandoned (the environment is stopping).
+bool Receiver::AddBlockAsDirectBuffer(Batch* batch, CopyBlock* block, size_t length) {
+  napi_env env = Env();
+  napi_value buffer = nullptr;
+  switch (MakeDirectBuffer(block->data, length, GiveBackDirectBlock, block, &buffer)) {
+    case direct_buffer::Made::kYes:
+      if (!TagChunk(env, buffer)) {
+        batch->abandoned = true;  // the environment is going away; the deleter gives the block back
+        return true;
+      }
+      AddCopied(batch, buffer, length);
+      stats_.chunks_in_reused_memory++;
+      return true;
+    case direct_buffer::Made::kArrayBufferOnly:
+      batch->abandoned = true;  // the environment is stopping; the block is V8's now
+      return true;
+    case direct_buffer::Made::kNo:
+      // No context to make it in: not while JS can run (RunCycle checked). Still ours.
+      copy_blocks_->Give(block);
+      batch->abandoned = true;
+      return true;
+  }
   return true;
 }
 

@@ -58,8 +58,9 @@ export interface ReceiverStats {
   chunksCopied: number;
   /**
    * Copied chunks received into the package's reusable blocks (128 KiB and more, while the
-   * consumer holds chunks past the next read; see poolStats().idleCopyBytes). Always 0 on
-   * Node 21+ (where ArrayBuffer.prototype.transfer exists) and without the addon.
+   * consumer holds chunks past the next read; see poolStats().idleCopyBytes). Always 0
+   * without the addon, and on Node 21+ (where ArrayBuffer.prototype.transfer exists)
+   * without direct Buffers (probe().features.directBuffers).
    */
   chunksInReusedMemory: number;
   /** Readiness wake-ups handled. */

@@ -1,22 +1,24 @@
 // Copied chunks of 128 KiB or more are received into memory that released chunks gave
 // back (native/copy_blocks.h): fresh memory is a page fault per page, which on a VM costs
 // more than the copy.
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import * as net from 'node:net';
 import * as path from 'node:path';
 
 import { afterEach, describe, expect, it } from 'vitest';
 
-import { attach, poolStats, type Chunk } from '../src/index';
+import { attach, poolStats, probe, type Chunk } from '../src/index';
 import { PatternChecker } from '../src/testing';
 import { loopbackFixture, MiB } from './helpers';
 
 const fixture = loopbackFixture();
 const MAX_IDLE_BYTES = 32 * MiB;
 const underAsan = (process.env.LD_PRELOAD ?? '').includes('libasan');
-// Where ArrayBuffer.prototype.transfer exists (Node 21+), copied chunks do not reuse memory.
+// Where ArrayBuffer.prototype.transfer exists (Node 21+), copied chunks reuse memory only
+// as direct Buffers (whose memory comes back only once nothing anywhere holds it).
 const transferExists = typeof (ArrayBuffer.prototype as { transfer?: unknown }).transfer === 'function';
+const blocksInUse = !transferExists || probe().features.directBuffers;
 
 const sinks: ChildProcess[] = [];
 afterEach(() => {
@@ -76,7 +78,7 @@ async function settle(): Promise<void> {
   for (let i = 0; i < 5; i++) await new Promise((resolve) => setImmediate(resolve));
 }
 
-describe.skipIf(transferExists)('copied chunks reuse memory', () => {
+describe.skipIf(!blocksInUse)('copied chunks reuse memory', () => {
   it('gets the memory of a chunk collected without release() back', async () => {
     expect(typeof global.gc).toBe('function');
     // First in this file (its own process): the idle list is empty, far from its cap.
@@ -201,5 +203,21 @@ describe.skipIf(transferExists)('copied chunks reuse memory', () => {
       recheck.check(chunk.data);
       chunk.release();
     }
+  });
+});
+
+describe('copied chunks in reused memory as Node-API Buffers (TCP_ZEROCOPY_NODE_API_BUFFERS=1)', () => {
+  it('are used where transfer() does not exist (Node 20), and not where it does: byte-exact either way', () => {
+    const result = spawnSync(process.execPath, [path.join(__dirname, 'fixtures', 'held-copies-child.js')], {
+      env: { ...process.env, TCP_ZEROCOPY_NODE_API_BUFFERS: '1' },
+      encoding: 'utf8',
+      timeout: 60_000,
+    });
+    expect(result.stderr).toBe('');
+    expect({ status: result.status, signal: result.signal }).toEqual({ status: 0, signal: null });
+    const held = JSON.parse(result.stdout) as { checked: number; copied: number; reused: number };
+    expect(held.checked).toBe(32 * MiB);
+    if (transferExists) expect(held.reused).toBe(0);
+    else expect(held.reused).toBeGreaterThan(0.8 * held.copied);
   });
 });

@@ -57,12 +57,19 @@ describe('a chunk moved to another thread with ArrayBuffer.prototype.transfer', 
   });
 
   it.each(BUFFER_KINDS)(
-    'copied, as $kind, while earlier chunks are held: no reused memory where transfer() exists',
-    ({ env }) => {
-      // Copied chunks are Node-API Buffers either way, and their reused memory would be
-      // freed under the other thread when the worker stops: they keep memory of their own.
+    'copied, as $kind, while earlier chunks are held: reused memory only as direct Buffers, and intact where it moved',
+    ({ kind, env }) => {
+      // As direct Buffers, memory in reused blocks comes back only once nothing holds it,
+      // here after the main thread checked it (the worker long gone). As Node-API Buffers
+      // it would be freed under the main thread when the worker stops: they keep memory
+      // of their own.
       const moved = runMoved(['copy', 'held'], [], env);
-      expect(moved.reused).toBe(0);
+      if (kind === 'direct Buffers' && probe().features.directBuffers) {
+        expect(moved.reused).toBeGreaterThanOrEqual(2);
+        expect(moved.checked).toBeGreaterThanOrEqual(512 * 1024);
+      } else {
+        expect(moved.reused).toBe(0);
+      }
     },
   );
 
