@@ -578,10 +578,17 @@ describe('timeouts, bytesRead and stray readers', () => {
 describe('explicit resource management', () => {
   it('`using` releases a chunk and `await using` closes the receiver at scope exit', async () => {
     // Chunks earlier tests dropped without release() are collected first: their pages,
-    // given back during this test, would move the baseline (CI saw 122,880 bytes go).
-    global.gc?.();
-    for (let i = 0; i < 5; i++) await new Promise((resolve) => setImmediate(resolve));
-    const baseline = poolStats();
+    // given back during this test, would move the baseline (CI saw 122,880 bytes go, and
+    // 1 MiB under test:asan, where a direct Buffer's memory can come back from a GC thread
+    // later). Until the count holds still; then nothing may be left pinned above it.
+    let baseline = -1;
+    for (let i = 0; i < 50; i++) {
+      global.gc?.();
+      await sleep(20);
+      const pinned = poolStats().pinnedBytes;
+      if (pinned === baseline) break;
+      baseline = pinned;
+    }
     const { socket } = await serverAndSender({ bytes: 64 * MiB, seed: 12, mss: 4108 });
     const closed = once(socket, 'close');
     let seen: Buffer = Buffer.alloc(0);
@@ -595,6 +602,6 @@ describe('explicit resource management', () => {
       expect(seen.length).toBe(0); // released when the block ended
     }
     await closed; // closed before the end: the socket went with it
-    expect(poolStats().pinnedBytes).toBe(baseline.pinnedBytes);
+    expect(poolStats().pinnedBytes).toBeLessThanOrEqual(baseline);
   });
 });
