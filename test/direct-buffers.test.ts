@@ -82,11 +82,13 @@ describe.skipIf(!probe().supported)('mapped chunks as direct Buffers', () => {
       expect(direct.mapped).toBeGreaterThan(direct.chunks * 0.9);
       expect(direct.writes).toBeLessThan(direct.chunks / 8);
       // The same receiver with Node-API external Buffers: Node's finalizer wake-up, about
-      // one eventfd write per released chunk (what the direct path removes).
+      // one eventfd write per released mapped chunk (what the direct path removes). Their
+      // pages come back a turn of the loop later, so under strace the pool can fill and
+      // some chunks are copied (376 of 576 mapped in one CI run): counted per mapped chunk.
       const nodeApi = await countWrites(NODE_API_BUFFERS);
       expect(nodeApi.direct).toBe(false);
-      expect(nodeApi.mapped).toBeGreaterThan(nodeApi.chunks * 0.9);
-      expect(nodeApi.writes).toBeGreaterThan(nodeApi.chunks / 2);
+      expect(nodeApi.mapped).toBeGreaterThanOrEqual(128);
+      expect(nodeApi.writes).toBeGreaterThan(nodeApi.mapped / 2);
     },
   );
 
